@@ -1,0 +1,3 @@
+from paw.cli import main
+
+raise SystemExit(main())
