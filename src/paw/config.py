@@ -21,7 +21,7 @@ from paw.errors import PawError
 TRANSFER_METHODS = ("paw", "lora-x", "cross-lora", "copy")
 EXISTING_EXPERIMENT_ACTIONS = ("prompt", "continue", "delete", "abort")
 DATA_SOURCES = ("embedded", "hub", "local")
-SWANLAB_MODES = ("disabled", "offline", "local", "cloud")
+SWANLAB_MODES = ("disabled", "offline", "local", "cloud", "online")
 
 
 def _f(default: Any, help: str, **kwargs: Any) -> Any:
