@@ -85,7 +85,7 @@ def test_piqa_prompt() -> None:
 
 def test_hellaswag_prompt() -> None:
     roof, wikihow, spaces = fixture_items("hellaswag")
-    assert roof.id == "24"
+    assert roof.id == "validation-0"  # `ind` is not unique, so rows are numbered
     assert roof.contexts == ("Roof shingle removal: A man is sitting on a roof. He",) * 4  # ctx_b capitalized
     assert roof.continuations[3] == " starts pulling up roofing on a roof." and roof.gold == 3
     # WikiHow rows: "[header]"/"[step]" removed, " [title]" -> ". " (giving "..") and empty ctx_b stripped.
@@ -97,7 +97,10 @@ def test_hellaswag_prompt() -> None:
     )
     assert wikihow.choices[0].startswith(" Many high schools have classes") and ".. Search for" in wikihow.choices[0]
     assert wikihow.continuations[0].startswith("  Many high schools")  # delimiter + the leading space kept
-    assert spaces.choices[0] == "then start fighting with each other, screaming and throwing food in front of the mirror."
+    # "food in  front" in the row: double spaces collapse.
+    assert spaces.choices[0] == (
+        "then start fighting with each other, screaming and throwing food in front of the mirror."
+    )
 
 
 def test_winogrande_partial_scoring() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 # lm-eval's default `target_delimiter`: each answer is scored as " " + choice after the context.
@@ -103,7 +103,8 @@ def _lettered_choices(texts: list[str], gold: int) -> tuple[dict[str, list[str]]
 def arc_row_from_doc(doc: Row) -> dict[str, Any]:
     # oe-eval keeps the texts and gold index but not the original labels (A-E or 1-4); letters keep the gold.
     choices, answer_key = _lettered_choices(doc["choices"], doc["gold"])
-    return {"id": doc["id"], "question": _question_from_query(doc["query"]), "choices": choices, "answerKey": answer_key}
+    question = _question_from_query(doc["query"])
+    return {"id": doc["id"], "question": question, "choices": choices, "answerKey": answer_key}
 
 
 def openbookqa_row_from_doc(doc: Row) -> dict[str, Any]:
@@ -134,7 +135,7 @@ def hellaswag_row_from_doc(doc: Row) -> dict[str, Any]:
     return {"ind": doc["ind"], "query": doc["query"], "choices": list(doc["choices"]), "gold": doc["gold"]}
 
 
-def copy_fields(*fields: str):
+def copy_fields(*fields: str) -> Callable[[Row], dict[str, Any]]:
     """For docs that already carry the HF fields (PIQA, WinoGrande): keep just those."""
 
     def row_from_doc(doc: Row) -> dict[str, Any]:

