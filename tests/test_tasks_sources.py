@@ -234,6 +234,40 @@ def test_formatted_row_with_disagreeing_target_names_file_and_row(tmp_path: Path
     assert item.contexts[0] == "Question: Open a jar\nAnswer:" and item.continuations == (" twist", " wish")
 
 
+@pytest.mark.parametrize(
+    ("task", "text", "options", "gold", "context", "choices", "expected_gold"),
+    [
+        # BoolQ: "{passage}\n{question}" becomes lm-eval's prompt; choices are lm-eval's no/yes, gold remapped.
+        ("boolq", "Tea -- Tea is a drink.\nis tea a drink", ["yes", "no"], 0,
+         "Tea -- Tea is a drink.\nQuestion: is tea a drink?\nAnswer:", ("no", "yes"), 1),
+        # HellaSwag: lm-eval's preprocess runs on the joined context and on the endings.
+        ("hellaswag", "Baking: [header] How to bake [title] Preheat the oven.", ["Then  bake.", "[step] Eat."], 1,
+         "Baking: How to bake. Preheat the oven.", ("Then bake.", " Eat."), 1),
+        ("openbookqa", "The sun is responsible for", ["plants sprouting", "puppies"], 0,
+         "The sun is responsible for", ("plants sprouting", "puppies"), 0),
+    ],
+)
+def test_formatted_rows_follow_each_tasks_prompt(
+    tmp_path: Path,
+    task: str,
+    text: str,
+    options: list[str],
+    gold: int,
+    context: str,
+    choices: tuple[str, ...],
+    expected_gold: int,
+) -> None:
+    folder = tmp_path / task
+    folder.mkdir()
+    row = {"id": "x", "input": text, "options": [f"{chr(65 + i)}: {o}" for i, o in enumerate(options)],
+           "target": chr(65 + gold), "target_idx": gold}
+    (folder / f"{task}_test_formatted.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    (item,) = load_items(task, "test", source="local", data_dir=tmp_path)
+    assert item.contexts == (context,) * len(choices)
+    assert item.choices == choices and item.continuations == tuple(" " + c for c in choices)
+    assert item.gold == expected_gold
+
+
 # --- hub and source arguments ------------------------------------------------------------------------------------
 
 
