@@ -348,6 +348,51 @@ def _empty_cache(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def batch_plan(batch_size: int | str, device: torch.device) -> tuple[int, bool]:
+    """(first batch size, whether to halve on out-of-memory) for a `batch_size` of N or "auto"."""
+    if batch_size == "auto":
+        return AUTO_BATCH_START.get(device.type, 16), True
+    if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0:
+        return batch_size, False
+    raise PawError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+
+
+def score_in_batches(
+    model: Any,
+    rows: Sequence[PackedItem],
+    size: int,
+    halve_on_oom: bool,
+    progress: Progress | None = None,
+) -> tuple[dict[int, tuple[list[float], list[bool]]], int]:
+    """Score `rows` in their given order, `size` at a time; returns scores keyed by `PackedItem.index` and the
+    batch size that worked (smaller than `size` after an out-of-memory halving)."""
+    device = next(model.parameters()).device
+    scores: dict[int, tuple[list[float], list[bool]]] = {}
+    start = 0
+    while start < len(rows):
+        batch = rows[start : start + size]
+        try:
+            results = score_packed(model, batch)
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is retried, the rest re-raised
+            if not (halve_on_oom and _is_oom(error) and size > 1):
+                raise
+            _empty_cache(device)
+            size //= 2
+            log.warning("out of memory at batch size %d; retrying with %d", size * 2, size)
+            continue
+        for row, result in zip(batch, results, strict=True):
+            scores[row.index] = result
+        start += len(batch)
+        if progress is not None:
+            progress.update(len(batch))
+    return scores, size
+
+
+def length_order(rows: Sequence[PackedItem]) -> list[PackedItem]:
+    """Longest first, as lm-eval: similar lengths share a batch and out-of-memory shows at once."""
+    return sorted(rows, key=lambda r: (-len(r), r.index))
+
+
 def score_rows(
     model: Any,
     rows: Sequence[PackedItem],
@@ -355,36 +400,10 @@ def score_rows(
     batch_size: int | str = 8,
     progress_desc: str = "eval",
 ) -> dict[int, tuple[list[float], list[bool]]]:
-    """Score packed rows longest first (out-of-memory shows at once); `"auto"` starts large and halves on OOM.
-
-    Returns scores keyed by `PackedItem.index`.
-    """
-    device = next(model.parameters()).device
-    if batch_size == "auto":
-        size, halve_on_oom = AUTO_BATCH_START.get(device.type, 16), True
-    elif isinstance(batch_size, int) and batch_size > 0:
-        size, halve_on_oom = batch_size, False
-    else:
-        raise PawError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
-    order = sorted(rows, key=lambda r: (-len(r), r.index))
-    scores: dict[int, tuple[list[float], list[bool]]] = {}
-    start = 0
-    with Progress(len(order), progress_desc, unit="q") as progress:
-        while start < len(order):
-            batch = order[start : start + size]
-            try:
-                results = score_packed(model, batch)
-            except Exception as error:  # noqa: BLE001 - only out-of-memory is retried, the rest re-raised
-                if not (halve_on_oom and _is_oom(error) and size > 1):
-                    raise
-                _empty_cache(device)
-                size //= 2
-                log.warning("out of memory at batch size %d; retrying with %d", size * 2, size)
-                continue
-            for row, result in zip(batch, results, strict=True):
-                scores[row.index] = result
-            start += len(batch)
-            progress.update(len(batch))
+    """Score packed rows in length order; returns scores keyed by `PackedItem.index`."""
+    size, halve_on_oom = batch_plan(batch_size, next(model.parameters()).device)
+    with Progress(len(rows), progress_desc, unit="q") as progress:
+        scores, _ = score_in_batches(model, length_order(rows), size, halve_on_oom, progress)
     return scores
 
 
