@@ -40,7 +40,10 @@ _OPTION_LETTER = re.compile(r"[A-Z]: ")
 def load_items(
     task: str, split: str | None = None, source: str = "embedded", data_dir: str | Path | None = None
 ) -> list[MCItem]:
-    """The task's items for one split (None: the task's lm-eval evaluation split), formatted as lm-eval does."""
+    """The task's items for one split (None: the task's lm-eval evaluation split), formatted as lm-eval does.
+
+    `data_dir` is read by source 'local' only; other sources ignore it, since configs carry it whatever the source.
+    """
     spec = get_task(task)
     split = spec.default_eval_split if split is None else canonical_split(split)
     _check_source(source, data_dir)
@@ -73,8 +76,6 @@ def _check_source(source: str, data_dir: str | Path | None) -> None:
         raise PawError(f"unknown source {source!r}; valid sources: {', '.join(SOURCES)}; pass one of these")
     if source == "local" and data_dir is None:
         raise PawError("source 'local' needs data_dir; pass a data file or a folder of <name>/<name>_<split> files")
-    if source != "local" and data_dir is not None:
-        raise PawError(f"data_dir is only read by source 'local', not {source!r}; pass source='local' to use it")
 
 
 # --- turning rows into items ---------------------------------------------------------------------------------
