@@ -1,0 +1,314 @@
+"""`transfer_adapter`: one entry point for every transfer method, writing a PEFT adapter plus a report."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from paw.errors import PawError
+from paw.io import atomic_directory, atomic_write_json
+from paw.progress import track
+from paw.transfer.adapter_io import LoraAdapter, factor_lowrank, read_adapter, write_adapter
+from paw.transfer.calibration import model_device, paired_batches
+from paw.transfer.distill import distill_updates, shared_vocabulary
+from paw.transfer.layer_map import relative_depth_map
+from paw.transfer.linalg import psd_sqrt_pair
+from paw.transfer.paw_method import ModulePair, cka_layer_map, fit_update_scale, paw_pair_update, paw_statistics
+from paw.transfer.structure import LayerStructure, layer_structure, linear_weight, split_layer_name
+from paw.transfer.weight_methods import copy_update, cross_lora_update, index_similarity, lora_x_update
+
+METHODS = ("paw", "lora-x", "cross-lora", "copy")
+REPORT_FILE = "transfer_report.json"
+Updates = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class TransferResult:
+    output_dir: Path
+    report: dict[str, Any]
+
+    @property
+    def transferred(self) -> list[str]:
+        return [m["target"] for m in self.report["modules"] if m["transferred"]]
+
+
+@dataclass
+class _Base:
+    name: str
+    model: nn.Module
+    tokenizer: Any
+
+
+def _resolve_base(spec: Any) -> _Base:
+    """A model name (via paw.models.load_base), a LoadedModel-like object, or a (model, tokenizer) pair."""
+    if isinstance(spec, (str, Path)):
+        from paw.models import load_base
+
+        loaded = load_base(str(spec))
+        return _Base(str(spec), loaded.model, loaded.tokenizer)
+    if isinstance(spec, tuple) and len(spec) == 2:
+        model, tokenizer = spec
+    else:
+        model, tokenizer = spec.model, spec.tokenizer
+    name = getattr(getattr(spec, "ref", None), "name", None) or getattr(model, "name_or_path", None) or ""
+    return _Base(str(name), model, tokenizer)
+
+
+def _module_pairs(
+    adapter: LoraAdapter, source: _Base, target: _Base, layers_s: LayerStructure, layers_t: LayerStructure, layer_map: list[int]
+) -> tuple[list[ModulePair], list[dict[str, Any]]]:
+    """Pair every adapted source module with its target module; validate shapes. Returns (pairs, skipped rows)."""
+    pairs, skipped = [], []
+    for name, module in adapter.modules.items():
+        weight = linear_weight(source.model, name)
+        if weight is None or tuple(weight.shape) != (module.B.shape[0], module.A.shape[1]):
+            found = "no such linear module" if weight is None else f"base weight {tuple(weight.shape)}"
+            raise PawError(
+                f"adapter {adapter.path} does not fit source model {source.name!r}: {name} has update "
+                f"{(module.B.shape[0], module.A.shape[1])} but {found}; pass the base the adapter was trained on"
+            )
+        located = split_layer_name(name)
+        if located is None or not name.startswith(layers_s.prefix + "."):
+            skipped.append({"source": name, "target": None, "reason": "outside the decoder layers"})
+            continue
+        layer, suffix = located
+        target_layer = layer_map[layer]
+        target_name = layers_t.module_name(target_layer, suffix)
+        if linear_weight(target.model, target_name) is None:
+            raise PawError(
+                f"target model {target.name!r} has no linear module {target_name} for adapted source module "
+                f"{name}; transfer between bases with the same module names (llama, qwen2, gemma, mistral "
+                "families) or retrain the adapter on modules both bases have"
+            )
+        pairs.append(ModulePair(name, target_name, layer, target_layer, module.B, module.A))
+    return pairs, skipped
+
+
+def _norm(B: torch.Tensor, A: torch.Tensor) -> float:
+    return float((B.double() @ A.double()).norm())
+
+
+def _weight_method_updates(
+    method: str, pairs: list[ModulePair], source: _Base, target: _Base, basis_rank: int | None
+) -> list[tuple[ModulePair, torch.Tensor, torch.Tensor, float]]:
+    results = []
+    for pair in track(pairs, f"transfer: {method}", unit="module"):
+        w_s = linear_weight(source.model, pair.source).detach().float()
+        w_t = linear_weight(target.model, pair.target).detach().float()
+        B, A = pair.B.to(w_t.device), pair.A.to(w_t.device)
+        if method == "copy":
+            B_t, A_t = copy_update(B, A, w_s, w_t)
+        elif method == "lora-x":
+            B_t, A_t = lora_x_update(B, A, w_s.to(w_t.device), w_t, basis_rank)
+        else:
+            B_t, A_t = cross_lora_update(B, A, w_s.to(w_t.device), w_t, basis_rank)
+        results.append((pair, B_t, A_t, index_similarity(w_s.to(w_t.device), w_t)))
+    return results
+
+
+def _combine(
+    results: list[tuple[ModulePair, torch.Tensor, torch.Tensor, float]],
+    threshold: float,
+    rank: int,
+    in_sqrt: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> tuple[Updates, list[dict[str, Any]]]:
+    """Keep pairs whose similarity passes `threshold`, add updates landing on one target module, truncate to
+    `rank` (activation-weighted where input statistics are given)."""
+    grouped: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    rows = []
+    for pair, B_t, A_t, similarity in results:
+        passed = similarity >= threshold
+        rows.append(
+            {
+                "source": pair.source,
+                "target": pair.target,
+                "similarity": round(similarity, 6),
+                "transferred": passed,
+                "reason": "" if passed else f"similarity {similarity:.3f} < threshold {threshold:g}",
+                "delta_norm_source": _norm(pair.B, pair.A),
+                "delta_norm_target": _norm(B_t, A_t) if passed else 0.0,
+            }
+        )
+        if passed:
+            grouped.setdefault(pair.target, []).append((B_t, A_t))
+    updates = {}
+    for name, parts in grouped.items():
+        B = torch.cat([b for b, _ in parts], dim=1)
+        A = torch.cat([a for _, a in parts], dim=0)
+        weighted = in_sqrt.get(name) if in_sqrt and B.shape[1] > rank else None
+        updates[name] = factor_lowrank(B, A, rank, weighted)
+    return updates, rows
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak_kb / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def transfer_adapter(
+    source_adapter_dir: str | Path,
+    *,
+    source_model: Any,
+    target_model: Any,
+    method: str = "paw",
+    output_dir: str | Path,
+    rank: int | None = None,
+    similarity_threshold: float = 0.0,
+    calibration_texts: list[str] | None = None,
+    calibration_size: int = 128,
+    distill_steps: int = 0,
+    distill_lr: float = 1e-3,
+    basis_rank: int | None = None,
+    ridge: float = 1e-4,
+    fit_scale: bool = True,
+    max_tokens: int = 256,
+    batch_size: int = 8,
+    memory_budget_gb: float = 8.0,
+) -> TransferResult:
+    """Move the LoRA adapter in `source_adapter_dir` from `source_model` to `target_model`.
+
+    Models are names (resolved by `paw.models.load_base`), LoadedModel-like objects or (model, tokenizer)
+    pairs. Writes a PEFT adapter for the target and `transfer_report.json` into `output_dir` (atomically).
+    `similarity_threshold` in [0, 1] skips modules whose normalised similarity is lower (see docs/transfer.md);
+    `basis_rank` is the SVD basis size of lora-x / cross-lora (None: all singular directions); `ridge` is the
+    relative regulariser of paw's linear maps; `distill_steps` > 0 refines the result against the source+LoRA
+    teacher on the calibration texts.
+    """
+    started = time.monotonic()
+    if method not in METHODS:
+        raise PawError(f"unknown transfer method {method!r}; valid: {', '.join(METHODS)}; pick one of them")
+    if not 0.0 <= similarity_threshold <= 1.0:
+        raise PawError(f"similarity_threshold {similarity_threshold} is outside [0, 1]; similarities are normalised to [0, 1]")
+    if rank is not None and rank < 1:
+        raise PawError(f"rank {rank} must be a positive integer; omit it to keep the source adapter's rank")
+    adapter = read_adapter(source_adapter_dir)
+    needs_text = method == "paw" or distill_steps > 0
+    if needs_text and not calibration_texts:
+        raise PawError(
+            f"method {method!r}{' with distillation' if distill_steps else ''} needs unlabeled calibration texts; "
+            "pass calibration_texts (CLI: --calibration_file or --dataset)"
+        )
+    source, target = _resolve_base(source_model), _resolve_base(target_model)
+    layers_s, layers_t = layer_structure(source.model), layer_structure(target.model)
+    out_rank = rank or adapter.rank
+
+    batches = []
+    texts = list(calibration_texts or [])[:calibration_size]
+    if needs_text:
+        batches = paired_batches(
+            texts,
+            source.tokenizer,
+            target.tokenizer,
+            source_device=model_device(source.model),
+            target_device=model_device(target.model),
+            max_tokens=max_tokens,
+            batch_size=batch_size,
+        )
+    cka = None
+    if method == "paw" and layers_s.num_layers != layers_t.num_layers:
+        layer_map, cka = cka_layer_map(source.model, target.model, layers_s, layers_t, batches)
+    else:
+        layer_map = relative_depth_map(layers_s.num_layers, layers_t.num_layers)
+    pairs, skipped = _module_pairs(adapter, source, target, layers_s, layers_t, layer_map)
+
+    scale_fit: dict[str, float] = {}
+    if method == "paw":
+        updates: Updates = {}
+        rows: list[dict[str, Any]] = []
+        for chunk, stats in paw_statistics(source.model, target.model, layers_s, layers_t, pairs, batches, memory_budget_gb):
+            results, in_sqrt = [], {}
+            for pair, pair_stats in zip(chunk, stats):
+                w_s = linear_weight(source.model, pair.source).detach().float()
+                w_t = linear_weight(target.model, pair.target).detach().float()
+                results.append((pair, *paw_pair_update(pair, pair_stats, w_s, w_t, ridge)))
+                if pair.target not in in_sqrt:
+                    in_sqrt[pair.target] = psd_sqrt_pair(pair_stats.inputs.aa / max(pair_stats.inputs.count, 1))
+            chunk_updates, chunk_rows = _combine(results, similarity_threshold, out_rank, in_sqrt)
+            updates.update(chunk_updates)
+            rows.extend(chunk_rows)
+    else:
+        results = _weight_method_updates(method, pairs, source, target, basis_rank)
+        updates, rows = _combine(results, similarity_threshold, out_rank)
+    if not updates:
+        raise PawError(
+            f"no module passed similarity_threshold {similarity_threshold:g} (best "
+            f"{max((r['similarity'] for r in rows), default=0.0):.3f}); nothing to write; lower --similarity_threshold"
+        )
+    source_updates = {p.source: (p.B, p.A) for p in pairs}
+    if method == "paw" and fit_scale:
+        scale_batches = batches[: max(1, 32 // batch_size)]
+        scale, shift_s, shift_t = fit_update_scale(source.model, target.model, source_updates, updates, scale_batches)
+        updates = {name: (B * scale, A) for name, (B, A) in updates.items()}
+        scale_fit = {"scale": scale, "kl_source": shift_s, "kl_target": shift_t}
+    distill_losses: list[float] = []
+    if distill_steps > 0:
+        vocab = shared_vocabulary(source.tokenizer, target.tokenizer)
+        updates, distill_losses = distill_updates(
+            source.model, target.model, source_updates, updates, batches, vocab, steps=distill_steps, rank=out_rank, lr=distill_lr
+        )
+    for row in rows:
+        if row["transferred"]:
+            row["delta_norm_target_final"] = _norm(*updates[row["target"]])
+
+    report = {
+        "method": method,
+        "source_adapter": str(source_adapter_dir),
+        "source_model": source.name,
+        "target_model": target.name,
+        "rank": out_rank,
+        "source_rank": adapter.rank,
+        "similarity_threshold": similarity_threshold,
+        "layer_map": [[i, j] for i, j in enumerate(layer_map)],
+        "layer_cka": cka.tolist() if cka is not None else None,
+        "modules": rows + skipped,
+        "transferred": sorted(updates),
+        "skipped": [r["source"] for r in rows + skipped if not r.get("transferred")],
+        "calibration_size": len(texts) if needs_text else 0,
+        "calibration_positions": sum(b.num_positions for b in batches),
+        "scale_fit": scale_fit,
+        "distill_steps": distill_steps,
+        "distill_kl_first_last": [distill_losses[0], distill_losses[-1]] if distill_losses else None,
+        "wall_time_s": round(time.monotonic() - started, 3),
+        "peak_memory_mb": round(_peak_memory_mb(model_device(target.model)), 1),
+    }
+    alpha = float(adapter.config.get("lora_alpha", adapter.rank))
+    with atomic_directory(output_dir) as tmp:
+        write_adapter(
+            tmp,
+            updates,
+            rank=out_rank,
+            alpha=alpha,
+            use_rslora=bool(adapter.config.get("use_rslora", False)),
+            base_model=target.name,
+        )
+        atomic_write_json(tmp / REPORT_FILE, report)
+    return TransferResult(Path(output_dir), report)
+
+
+def format_report_table(report: dict[str, Any]) -> str:
+    """A short plain-text summary of a transfer report: header line plus one row per module."""
+    scale = report.get("scale_fit", {}).get("scale")
+    lines = [
+        f"{report['method']}: {report['source_model']} -> {report['target_model']}  rank {report['rank']}  "
+        f"transferred {len(report['transferred'])}/{len(report['modules'])} modules"
+        + (f"  scale {scale:.3f}" if scale is not None else "")
+        + f"  {report['wall_time_s']:.1f}s",
+        f"{'source module':<40} {'target module':<40} {'sim':>6} {'|dW_s|':>9} {'|dW_t|':>9}  note",
+    ]
+    for row in report["modules"]:
+        sim = f"{row['similarity']:.3f}" if "similarity" in row else "-"
+        final = row.get("delta_norm_target_final", row.get("delta_norm_target", 0.0))
+        lines.append(
+            f"{row['source']:<40} {str(row['target'] or '-'):<40} {sim:>6} "
+            f"{row.get('delta_norm_source', 0.0):>9.4f} {final:>9.4f}  {row.get('reason', '')}"
+        )
+    return "\n".join(lines)
