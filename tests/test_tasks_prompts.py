@@ -161,9 +161,8 @@ def lm_eval_requests(task: str, rows: list[dict]) -> list[tuple[list[tuple[str, 
     from lm_eval.utils import apply_template
 
     config = yaml_loader.load_yaml(root / "tasks" / LM_EVAL_YAML[task])
-    if "process_docs" in config:
-        import datasets
-
+    if "process_docs" in config:  # HellaSwag's runs on a datasets.Dataset
+        datasets = pytest.importorskip("datasets")
         rows = list(config["process_docs"](datasets.Dataset.from_list(rows)))
 
     def resolve(field, doc, literal: bool):
