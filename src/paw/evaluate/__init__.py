@@ -8,11 +8,13 @@ from paw.evaluate.metrics import (
     paired_bootstrap_diff,
     save_records,
 )
+from paw.evaluate.runner import evaluate_model
 from paw.evaluate.scoring import ItemRecord, score_items, score_items_reference
 
 __all__ = [
     "ItemRecord",
     "compute_metrics",
+    "evaluate_model",
     "load_records",
     "mcnemar",
     "paired_bootstrap",

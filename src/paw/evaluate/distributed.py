@@ -105,35 +105,45 @@ def _quiet_lightning() -> Iterator[None]:
                 logging.getLogger(name).setLevel(level)
 
 
-def score_items_lightning(
+def score_rows_lightning(
     model: Any,
-    tokenizer: Any,
-    items: list[MCItem],
+    rows: list[PackedItem],
     *,
     batch_size: int | str = 8,
     devices: int | str = 1,
     strategy: str = "auto",
     accelerator: str = "auto",
-    max_length: int | None = None,
-) -> list[ItemRecord]:
-    """`score_items` as a Lightning predict job over `devices` processes; every rank returns all records."""
+) -> dict[int, tuple[list[float], list[bool]]]:
+    """`score_rows` as a Lightning predict job over `devices` processes; every rank returns all scores."""
     import lightning as L
     from torch.utils.data import DataLoader
 
-    rows = pack_items(tokenizer, items, max_length or model_max_length(model, tokenizer))
-    trainer_kwargs = dict(
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        callbacks=[lightning_progress_callback()],
-    )
     with _quiet_lightning():
-        trainer = L.Trainer(**trainer_kwargs)
+        trainer = L.Trainer(
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            callbacks=[lightning_progress_callback()],
+        )
         size, halve_on_oom = batch_plan(batch_size, trainer.strategy.root_device)
         module = _scoring_module(model, size, halve_on_oom)
         loader = DataLoader(length_order(rows), batch_size=size, shuffle=False, collate_fn=list)
         trainer.predict(module, dataloaders=loader, return_predictions=False)
-    return make_records(items, module.scores, rows)
+    return module.scores
+
+
+def score_items_lightning(
+    model: Any,
+    tokenizer: Any,
+    items: list[MCItem],
+    *,
+    max_length: int | None = None,
+    **job: Any,
+) -> list[ItemRecord]:
+    """`score_items` as a Lightning job; `job` takes `score_rows_lightning`'s batch_size, devices, strategy,
+    accelerator."""
+    rows = pack_items(tokenizer, items, max_length or model_max_length(model, tokenizer))
+    return make_records(items, score_rows_lightning(model, rows, **job), rows)
