@@ -149,7 +149,8 @@ def test_convert_tiny_gguf_is_exact_and_loads(tiny_gguf, tmp_path):
     for key, tensor in original.items():
         assert torch.equal(tensor, converted[key]), key
     text = "The capital of France is Paris."
-    assert AutoTokenizer.from_pretrained(out)(text).input_ids == AutoTokenizer.from_pretrained(model_dir)(text).input_ids
+    original_ids = AutoTokenizer.from_pretrained(model_dir)(text).input_ids
+    assert AutoTokenizer.from_pretrained(out)(text).input_ids == original_ids
 
     loaded = load_base(str(out), device="cpu")
     assert loaded.family == "llama" and loaded.tokenizer.pad_token is not None

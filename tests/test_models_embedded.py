@@ -71,6 +71,7 @@ def test_embedded_model_converts_loads_and_knows_paris(name):
     print(f"\n{name}: prepare {prepare_s:.1f}s (conversion record: {record['conversion_seconds']}s), "
           f"load {load_s:.1f}s, rss {current_rss_bytes() / 2**20:.0f} MiB, "
           f"ll(' Paris')={paris:.3f} ll(' banana')={banana:.3f}, "
-          f"check prompt ll gguf={record['log_likelihood_gguf']:.6f} converted={record['log_likelihood_converted']:.6f}")
+          f"check prompt ll gguf={record['log_likelihood_gguf']:.6f} "
+          f"converted={record['log_likelihood_converted']:.6f}")
     assert paris > banana + 2.0
     release(name)

@@ -37,7 +37,7 @@ def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PawError(f"adapter {folder}: {ADAPTER_CONFIG} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
+        raise PawError(f"adapter {folder}: {ADAPTER_CONFIG} is not valid JSON ({exc}); "
                        f"re-save the adapter; {fix}") from exc
     if not isinstance(config, dict):
         raise PawError(f"adapter {folder}: {ADAPTER_CONFIG} is not a JSON object; re-save the adapter; {fix}")
@@ -47,7 +47,8 @@ def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
                        "train a LoRA adapter (paw train) or convert this one")
     weights = folder / ADAPTER_WEIGHTS
     if not weights.is_file():
-        found = "adapter_model.bin (pickle, not loaded for safety)" if (folder / "adapter_model.bin").is_file() else "none"
+        pickled = (folder / "adapter_model.bin").is_file()
+        found = "adapter_model.bin (pickle, which PAW does not load)" if pickled else "none"
         raise PawError(f"adapter {folder} has no {ADAPTER_WEIGHTS} (found: {found}); "
                        "re-save it with PEFT's save_pretrained(safe_serialization=True)")
     _adapter_shapes(folder)  # reads the safetensors header: a truncated or corrupt file fails here
@@ -55,19 +56,23 @@ def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
 
 
 def _adapter_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(folder / ADAPTER_WEIGHTS), framework="pt") as handle:
             return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    except Exception as exc:  # safetensors raises its own SafetensorError (and OSError) for damaged files
+    except (SafetensorError, OSError) as exc:
         raise PawError(f"adapter {folder}: {ADAPTER_WEIGHTS} cannot be read ({str(exc).splitlines()[0]}); "
                        "the file is damaged or incomplete: re-save or re-train the adapter") from exc
 
 
 def read_adapter_base(adapter_dir: str | Path) -> str:
     """The base model the adapter was trained on (adapter_config.json base_model_name_or_path)."""
-    base = read_adapter_config(adapter_dir).get("base_model_name_or_path")
+    return _recorded_base(adapter_dir, read_adapter_config(adapter_dir))
+
+
+def _recorded_base(adapter_dir: str | Path, config: dict[str, Any]) -> str:
+    base = config.get("base_model_name_or_path")
     if not base:
         raise PawError(f"adapter {adapter_dir} does not name its base model (no base_model_name_or_path in "
                        f"{ADAPTER_CONFIG}); pass the base explicitly (base_model_path / --base-model)")
@@ -86,7 +91,7 @@ _LORA_DIMS = {
 def check_adapter_fits(model: nn.Module, adapter_dir: str | Path, base_label: str) -> None:
     """PawError naming adapter and base unless every module the adapter touches exists with fitting shapes."""
     folder = Path(adapter_dir)
-    hint = f"use the base the adapter was trained on, or move it to this base with `paw transfer`"
+    hint = "use the base the adapter was trained on, or move it to this base with `paw transfer`"
     for key, shape in _adapter_shapes(folder).items():
         path = key.removeprefix(_PEFT_PREFIX)
         suffix = next((s for s in _LORA_DIMS if path.endswith("." + s)), None)
@@ -139,8 +144,8 @@ def load_adapter_model(
     `base_model_path`). The base is not the cached one, so the caller may train or merge it freely;
     to evaluate many adapters on one shared base use `attached_adapter`."""
     folder = Path(adapter_dir)
-    read_adapter_config(folder)
-    base = str(base_model_path) if base_model_path is not None else read_adapter_base(folder)
+    config = read_adapter_config(folder)
+    base = str(base_model_path) if base_model_path is not None else _recorded_base(folder, config)
     try:
         ref = resolve_model(base, models_dir)
     except PawError as exc:
