@@ -176,3 +176,23 @@ def test_failed_conversion_leaves_no_folder_and_keeps_a_good_one(tiny_gguf, tmp_
         convert_gguf(gguf_file, out)
     assert json.loads((out / CONVERSION_RECORD).read_text()) == first
     assert sorted(p.name for p in out.parent.iterdir()) == ["tiny"]
+
+
+def test_load_base_prepares_an_embedded_model_once(tiny_gguf, monkeypatch, tmp_path):
+    _, gguf_file = tiny_gguf
+    paw_home = tmp_path / "paw_home"  # not the shared cache: this model must start unconverted
+    monkeypatch.setenv("PAW_HOME", str(paw_home))
+    source = GgufSource(file_name=gguf_file.name, parts=(("paw_tiny", gguf_file.name),), pip_specs=("paw-tiny",))
+    monkeypatch.setitem(embedded._SOURCES, "tiny-embedded", ("llama", source))
+    monkeypatch.setattr(embedded, "gguf_path", lambda name: gguf_file)  # the file a package would hold
+    assert not get_embedded_model("tiny-embedded").prepared
+
+    loaded = load_base("tiny-embedded", device="cpu")
+    assert loaded.ref.kind == "embedded" and loaded.ref.path == paw_home / "models" / "tiny-embedded"
+    record = paw_home / "models" / "tiny-embedded" / CONVERSION_RECORD
+    assert get_embedded_model("tiny-embedded").prepared and record.is_file()
+    converted_at = record.stat().st_mtime_ns
+    release("tiny-embedded")
+    assert load_base("tiny-embedded", device="cpu") is not loaded
+    assert record.stat().st_mtime_ns == converted_at, "a prepared model is not converted again"
+    release()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import shutil
+import warnings
 import weakref
 from pathlib import Path
 
@@ -49,13 +50,15 @@ def make_adapter(base_dir: Path, out_dir: Path, base_name: str | None = None, se
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.5)
-    peft_model.peft_config["default"].base_model_name_or_path = base_name or str(base_dir)
-    peft_model.save_pretrained(out_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PEFT's deprecated call into transformers; a base name that is not a folder
+        peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        with torch.no_grad():
+            for name, param in peft_model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0.0, 0.5)
+        peft_model.peft_config["default"].base_model_name_or_path = base_name or str(base_dir)
+        peft_model.save_pretrained(out_dir)
     return out_dir
 
 

@@ -38,7 +38,10 @@ def _gguf_progress(desc: str) -> Iterator[None]:
     """Route transformers' GGUF dequantisation loop (a bare tqdm) through paw.progress for the block."""
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
 
-    original = gguf_utils.tqdm
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:  # a transformers version without that loop: nothing to reroute
+        yield
+        return
     gguf_utils.tqdm = lambda iterable, *args, **kwargs: track(iterable, desc, unit="tensor")
     try:
         yield

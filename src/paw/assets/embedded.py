@@ -6,10 +6,13 @@ We locate the packages with `importlib.util.find_spec` and never import them: `l
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,6 +166,18 @@ def _assemble(parts: list[Path], target: Path, sha256: str | None) -> None:
         raise
 
 
+@contextmanager
+def _exclusive(lock_file: Path) -> Iterator[None]:
+    """One process at a time (e.g. the ranks of a multi-GPU run all asking for the same model)."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def prepare_model(name: str) -> Path:
     """The embedded model's converted HF folder, converting it first if needed (once per machine)."""
     model = get_embedded_model(name)
@@ -170,5 +185,7 @@ def prepare_model(name: str) -> Path:
         return model.path
     from paw.assets.convert import convert_gguf
 
-    convert_gguf(gguf_path(name), model.path)
+    with _exclusive(paw_home() / "locks" / f"{name}.lock"):
+        if not _is_prepared(model.path):  # another process may have finished it while we waited
+            convert_gguf(gguf_path(name), model.path)
     return model.path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -123,7 +124,10 @@ def _attach(model: nn.Module, adapter_dir: Path, base_label: str, is_trainable: 
 
     check_adapter_fits(model, adapter_dir, base_label)
     try:
-        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable, torch_device=str(device))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # PEFT's call into transformers
+            return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable,
+                                             torch_device=str(device))
     except (RuntimeError, ValueError, KeyError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PawError(f"adapter {adapter_dir} could not be attached to base {base_label}: {first_line}; "
