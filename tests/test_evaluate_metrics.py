@@ -78,3 +78,16 @@ def test_records_round_trip_jsonl(tmp_path):
     assert path.read_text().count("\n") == 3
     with pytest.raises(PawError):
         compute_metrics([])
+
+
+def test_pattern_bootstrap_matches_resampling_items():
+    """Drawing joint right/wrong pattern counts is the item bootstrap; compare with resampling ids directly."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a_right, b_right = rng.random(300) < 0.6, rng.random(300) < 0.7
+    a, b = _records(list(a_right.astype(int))), _records(list(b_right.astype(int)))
+    ours = paired_bootstrap_diff(a, b, iters=20000)
+    picks = np.random.default_rng(1).integers(0, 300, size=(20000, 300))
+    naive = np.quantile(b_right[picks].mean(1) - a_right[picks].mean(1), [0.025, 0.975])
+    assert ours["low"] == pytest.approx(naive[0], abs=0.01) and ours["high"] == pytest.approx(naive[1], abs=0.01)

@@ -20,7 +20,6 @@ from paw.io import atomic_write_jsonl
 METRICS = ("acc", "acc_norm")
 BOOTSTRAP_ITERS = 10_000
 BOOTSTRAP_SEED = 1234
-BOOTSTRAP_CHUNK = 500  # resamples drawn at once; bounds memory at chunk x n counts
 
 
 def correctness(records: Sequence[ItemRecord], metric: str = "acc") -> np.ndarray:
@@ -53,17 +52,16 @@ def paired_bootstrap(
     on the full data (`value`) and the percentile interval (`low`, `high`); resamples where the statistic is not
     finite (a zero denominator) are dropped and counted in `dropped`.
     """
-    matrix = np.stack([correctness(records, metric) for records in _aligned(record_sets)])
+    matrix = np.stack([correctness(records, metric) for records in _aligned(record_sets)])  # (runs, items)
     n = matrix.shape[1]
+    # Resampling items only changes how often each joint right/wrong pattern occurs, so drawing the pattern
+    # counts from a multinomial is the same bootstrap at the cost of at most 2^runs categories, not n.
+    patterns, counts = np.unique(matrix.T, axis=0, return_counts=True)
+    rng = np.random.default_rng(seed)
+    means = rng.multinomial(n, counts / n, size=iters) @ patterns / n  # (resamples, runs)
     with np.errstate(divide="ignore", invalid="ignore"):
         value = float(statistic(*matrix.mean(axis=1)[:, None])[0])
-        rng = np.random.default_rng(seed)
-        draws = []
-        for start in range(0, iters, BOOTSTRAP_CHUNK):
-            counts = rng.multinomial(n, np.full(n, 1.0 / n), size=min(BOOTSTRAP_CHUNK, iters - start))
-            means = matrix @ counts.T / n  # (runs, resamples)
-            draws.append(np.asarray(statistic(*means), dtype=float))
-    samples = np.concatenate(draws)
+        samples = np.asarray(statistic(*means.T), dtype=float)
     finite = samples[np.isfinite(samples)]
     alpha = (1.0 - confidence) / 2.0
     low, high = (np.quantile(finite, [alpha, 1.0 - alpha]) if len(finite) else (float("nan"), float("nan")))
