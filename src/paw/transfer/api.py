@@ -36,7 +36,19 @@ class TransferResult:
 
     @property
     def transferred(self) -> list[str]:
-        return [m["target"] for m in self.report["modules"] if m["transferred"]]
+        return list(self.report["transferred"])
+
+    def summary(self) -> dict[str, Any]:
+        """The report's headline numbers (no per-module rows), for pipeline results."""
+        keys = ("method", "source_model", "target_model", "rank", "similarity_threshold", "calibration_size",
+                "scale_fit", "distill_steps", "wall_time_s", "peak_memory_mb")
+        sims = [m["similarity"] for m in self.report["modules"] if "similarity" in m]
+        return {key: self.report[key] for key in keys} | {
+            "output_dir": str(self.output_dir),
+            "modules_transferred": len(self.report["transferred"]),
+            "modules_total": len(self.report["modules"]),
+            "mean_similarity": sum(sims) / len(sims) if sims else None,
+        }
 
 
 @dataclass
@@ -46,12 +58,12 @@ class _Base:
     tokenizer: Any
 
 
-def _resolve_base(spec: Any) -> _Base:
+def _resolve_base(spec: Any, models_dir: str | Path | None) -> _Base:
     """A model name (via paw.models.load_base), a LoadedModel-like object, or a (model, tokenizer) pair."""
     if isinstance(spec, (str, Path)):
         from paw.models import load_base
 
-        loaded = load_base(str(spec))
+        loaded = load_base(str(spec), models_dir=models_dir)
         return _Base(str(spec), loaded.model, loaded.tokenizer)
     if isinstance(spec, tuple) and len(spec) == 2:
         model, tokenizer = spec
@@ -59,6 +71,22 @@ def _resolve_base(spec: Any) -> _Base:
         model, tokenizer = spec.model, spec.tokenizer
     name = getattr(getattr(spec, "ref", None), "name", None) or getattr(model, "name_or_path", None) or ""
     return _Base(str(name), model, tokenizer)
+
+
+def task_prompts(tasks: list[str], size: int, source: str = "embedded", data_dir: str | Path | None = None) -> list[str]:
+    """Up to `size` unlabeled prompts (the items' contexts, never their answers) spread evenly over `tasks`,
+    from each task's train split where it has one (so evaluation items stay unseen)."""
+    from paw.tasks import available_splits, load_items
+
+    per_task = -(-size // max(len(tasks), 1))
+    prompts: list[str] = []
+    for task in tasks:
+        splits = available_splits(task, source=source, data_dir=data_dir)
+        split = "train" if "train" in splits else next(iter(splits), None)
+        items = load_items(task, split, source=source, data_dir=data_dir)
+        stride = max(1, len(items) // per_task)
+        prompts.extend(item.contexts[0] for item in items[::stride][:per_task])
+    return prompts[:size]
 
 
 def _module_pairs(
@@ -129,7 +157,7 @@ def _combine(
             {
                 "source": pair.source,
                 "target": pair.target,
-                "similarity": round(similarity, 6),
+                "similarity": similarity,
                 "transferred": passed,
                 "reason": "" if passed else f"similarity {similarity:.3f} < threshold {threshold:g}",
                 "delta_norm_source": _norm(pair.B, pair.A),
@@ -164,6 +192,7 @@ def transfer_adapter(
     rank: int | None = None,
     similarity_threshold: float = 0.0,
     calibration_texts: list[str] | None = None,
+    calibration_tasks: list[str] | None = None,
     calibration_size: int = 128,
     distill_steps: int = 0,
     distill_lr: float = 1e-3,
@@ -173,11 +202,15 @@ def transfer_adapter(
     max_tokens: int = 256,
     batch_size: int = 8,
     memory_budget_gb: float = 8.0,
+    models_dir: str | Path | None = None,
+    data_source: str = "embedded",
+    data_dir: str | Path | None = None,
 ) -> TransferResult:
     """Move the LoRA adapter in `source_adapter_dir` from `source_model` to `target_model`.
 
-    Models are names (resolved by `paw.models.load_base`), LoadedModel-like objects or (model, tokenizer)
-    pairs. Writes a PEFT adapter for the target and `transfer_report.json` into `output_dir` (atomically).
+    Models are names (resolved by `paw.models.load_base` with `models_dir`), LoadedModel-like objects or
+    (model, tokenizer) pairs. Calibration prompts are `calibration_texts`, else the unlabeled contexts of
+    `calibration_tasks` items (from `data_source` / `data_dir`); at most `calibration_size` are used. Writes a PEFT adapter for the target and `transfer_report.json` into `output_dir` (atomically).
     `similarity_threshold` in [0, 1] skips modules whose normalised similarity is lower (see docs/transfer.md);
     `basis_rank` is the SVD basis size of lora-x / cross-lora (None: all singular directions); `ridge` is the
     relative regulariser of paw's linear maps; `distill_steps` > 0 refines the result against the source+LoRA
@@ -192,12 +225,14 @@ def transfer_adapter(
         raise PawError(f"rank {rank} must be a positive integer; omit it to keep the source adapter's rank")
     adapter = read_adapter(source_adapter_dir)
     needs_text = method == "paw" or distill_steps > 0
+    if needs_text and not calibration_texts and calibration_tasks:
+        calibration_texts = task_prompts(calibration_tasks, calibration_size, data_source, data_dir)
     if needs_text and not calibration_texts:
         raise PawError(
             f"method {method!r}{' with distillation' if distill_steps else ''} needs unlabeled calibration texts; "
-            "pass calibration_texts (CLI: --calibration_file or --dataset)"
+            "pass calibration_texts or calibration_tasks (CLI: --calibration_file or --dataset)"
         )
-    source, target = _resolve_base(source_model), _resolve_base(target_model)
+    source, target = _resolve_base(source_model, models_dir), _resolve_base(target_model, models_dir)
     layers_s, layers_t = layer_structure(source.model), layer_structure(target.model)
     out_rank = rank or adapter.rank
 

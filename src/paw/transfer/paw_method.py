@@ -288,32 +288,33 @@ def fit_update_scale(
     source_updates: dict[str, tuple[torch.Tensor, torch.Tensor]],
     target_updates: dict[str, tuple[torch.Tensor, torch.Tensor]],
     batches: list[PairedBatch],
-    iterations: int = 8,
+    iterations: int = 6,
+    tolerance: float = 0.02,
 ) -> tuple[float, float, float]:
     """Scalar c so that KL(target+c·ΔW_t ‖ target) on calibration positions equals KL(source+ΔW_s ‖ source).
 
-    Returns (c, source shift, target shift at c). KL grows about as c², so c ← c·√(KL_s / KL_t(c)) converges
-    in a few steps (a Newton step in log-log space).
+    Returns (c, source shift, target shift at c). Secant steps on log KL against log c (KL grows about as c²
+    for small updates, so the first step assumes slope 2); stops within `tolerance` in log KL.
     """
+    batches = [b for b in batches if b.num_positions > 0]
 
-    def shift(model: nn.Module, updates: dict, scale: float, side: str) -> float:
-        total, weight = 0.0, 0
-        for batch in batches:
-            mbatch = getattr(batch, side)
-            if batch.num_positions == 0:
-                continue
-            base = position_logprobs(model, mbatch)
+    def shift(model: nn.Module, side: str, updates: dict, scale: float, bases: list[torch.Tensor]) -> float:
+        total = 0.0
+        for batch, base in zip(batches, bases):
             with added_updates(model, updates, scale):
-                adapted = position_logprobs(model, mbatch)
+                adapted = position_logprobs(model, getattr(batch, side))
             total += float(kl_divergence(adapted, base)) * batch.num_positions
-            weight += batch.num_positions
-        return total / max(weight, 1)
+        return total / sum(b.num_positions for b in batches)
 
-    wanted = shift(source, source_updates, 1.0, "source")
-    scale, got = 1.0, shift(target, target_updates, 1.0, "target")
+    base_s = [position_logprobs(source, b.source) for b in batches]
+    base_t = [position_logprobs(target, b.target) for b in batches]
+    wanted = shift(source, "source", source_updates, 1.0, base_s)
+    log_c, log_kl, slope = 0.0, math.log(max(shift(target, "target", target_updates, 1.0, base_t), 1e-30)), 2.0
     for _ in range(iterations):
-        if wanted <= 0 or got <= 0 or abs(math.log(wanted / got)) < 0.01:
+        if wanted <= 0 or abs(math.log(wanted) - log_kl) < tolerance:
             break
-        scale *= min(4.0, max(0.25, math.sqrt(wanted / got)))
-        got = shift(target, target_updates, scale, "target")
-    return scale, wanted, got
+        step = max(-3.0, min(3.0, (math.log(wanted) - log_kl) / slope))  # at most a factor e³ per step
+        new_kl = math.log(max(shift(target, "target", target_updates, math.exp(log_c + step), base_t), 1e-30))
+        slope = min(4.0, max(0.5, (new_kl - log_kl) / step))
+        log_c, log_kl = log_c + step, new_kl
+    return math.exp(log_c), wanted, math.exp(log_kl)

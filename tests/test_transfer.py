@@ -1,0 +1,241 @@
+"""paw.transfer on tiny random models: adapter I/O, every method end to end, exact-recovery cases, bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from peft import IA3Config, LoraConfig, PeftModel, get_peft_model
+from tiny import _CORPUS
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from paw.errors import PawError
+from paw.transfer import format_report_table, transfer_adapter
+from paw.transfer.adapter_io import read_adapter
+from paw.transfer.weight_methods import index_similarity, module_similarity
+
+ALL_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+HELD_OUT = ["Which gas do plants take in? The capital of Italy is Rome and water boils at 100 degrees."]
+
+
+def load(folder: Path):
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def make_adapter(base_dir: Path, out: Path, modules: list[str], *, r: int = 4, alpha: float = 8, seed: int = 1, **kw) -> Path:
+    """A source LoRA with random nonzero A and B (a trained adapter's stand-in), saved as PEFT does."""
+    model = get_peft_model(load(base_dir)[0], LoraConfig(r=r, lora_alpha=alpha, target_modules=modules, **kw))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
+    model.save_pretrained(out)
+    return out
+
+
+def calibration_texts(count: int = 24, words: int = 50) -> list[str]:
+    rng = random.Random(0)
+    vocab = " ".join(_CORPUS).split()
+    return [" ".join(rng.choice(vocab) for _ in range(words)) for _ in range(count)]
+
+
+def logits(model, tokenizer, adapter: Path | None = None) -> torch.Tensor:
+    ids = tokenizer(HELD_OUT, return_tensors="pt")
+    with torch.no_grad():
+        if adapter is None:
+            return model(**ids).logits
+        peft_model = PeftModel.from_pretrained(model, str(adapter)).eval()
+        try:
+            return peft_model(**ids).logits
+        finally:
+            peft_model.unload()  # leave the shared base as it was
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture(scope="module")
+def source_dir(tiny_model) -> Path:
+    return tiny_model("llama", kv_heads=4)
+
+
+@pytest.fixture(scope="module")
+def source(source_dir):
+    return load(source_dir)
+
+
+@pytest.fixture(scope="module")
+def adapter(source_dir, tmp_path_factory) -> Path:
+    return make_adapter(source_dir, tmp_path_factory.mktemp("src") / "lora", ALL_MODULES)
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    return calibration_texts()
+
+
+def test_read_adapter_matches_peft_merge_for_rslora_and_alpha_pattern(source_dir, tmp_path):
+    path = make_adapter(source_dir, tmp_path / "lora", ["q_proj", "v_proj"], r=8, alpha=16, use_rslora=True,
+                        alpha_pattern={"v_proj": 4})
+    read = read_adapter(path)
+    base = load(source_dir)[0]
+    before = {n: base.get_submodule(n).weight.detach().clone() for n in read.modules}
+    merged = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+    for name, module in read.modules.items():
+        assert rel_error(module.delta(), merged.get_submodule(name).weight.detach() - before[name]) < 1e-5
+
+
+@pytest.mark.parametrize("method", ["copy", "lora-x", "paw"])
+def test_same_model_reproduces_source_update(method, source, source_dir, tmp_path, texts):
+    # lora-x projects onto the target weight's singular bases; with all of them (square modules) nothing is lost.
+    modules = ["q_proj", "o_proj"] if method == "lora-x" else ALL_MODULES
+    src = make_adapter(source_dir, tmp_path / "lora", modules)
+    result = transfer_adapter(src, source_model=source, target_model=source, method=method,
+                              output_dir=tmp_path / "out", calibration_texts=texts[:8])
+    before, after = read_adapter(src), read_adapter(tmp_path / "out")
+    assert set(after.modules) == set(before.modules)
+    worst = max(rel_error(after.modules[n].delta(), m.delta()) for n, m in before.modules.items())
+    assert worst < 1e-4, worst
+    assert all(row["similarity"] == pytest.approx(1.0) for row in result.report["modules"])
+
+
+def _permuted_copy(model_dir: Path, seed: int = 5):
+    """The same function with its hidden basis permuted: embedding columns, norm weights, every weight's hidden
+    input columns / hidden output rows (RMSNorm commutes with a permutation, so this is exact)."""
+    model, tokenizer = load(model_dir)
+    perm = torch.randperm(model.config.hidden_size, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 1:
+                param.copy_(param[perm])
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                param.copy_(param[perm])
+            else:
+                param.copy_(param[:, perm])
+    return model, tokenizer
+
+
+def test_paw_recovers_permuted_hidden_basis(source, source_dir, adapter, tmp_path, texts):
+    target = _permuted_copy(source_dir)
+    base = logits(*source)
+    assert rel_error(logits(*target), base) < 1e-5  # the reparametrisation is exact
+    wanted = logits(*source, adapter)
+    shift = (wanted - base).norm()
+    residual = {}
+    for method in ("paw", "copy"):
+        out = tmp_path / method
+        transfer_adapter(adapter, source_model=source, target_model=target, method=method, output_dir=out,
+                         calibration_texts=texts)
+        residual[method] = float((logits(*target, out) - wanted).norm() / shift)
+    assert residual["paw"] < 0.05, residual
+    assert residual["copy"] > 0.5, residual  # the control: copying into a permuted basis is a random perturbation
+
+
+PAIRS = {
+    "cross-width": dict(hidden=96, kv_heads=4),
+    "cross-depth": dict(layers=6, kv_heads=4, seed=1),
+    "gqa": dict(heads=8, kv_heads=2, seed=2),
+}
+
+
+@pytest.mark.parametrize("pair", sorted(PAIRS))
+def test_paw_runs_across_shapes(pair, tiny_model, source, adapter, tmp_path, texts):
+    target = load(tiny_model("llama", **PAIRS[pair]))
+    result = transfer_adapter(adapter, source_model=source, target_model=target, method="paw",
+                              output_dir=tmp_path / "out", calibration_texts=texts)
+    report = json.loads((tmp_path / "out" / "transfer_report.json").read_text())
+    assert report["transferred"] == result.report["transferred"] and len(report["transferred"]) > 0
+    layer_map = [j for _, j in report["layer_map"]]
+    assert layer_map == sorted(set(layer_map))  # order-preserving, one target layer per source layer
+    assert 0.0 < report["scale_fit"]["kl_target"] and report["scale_fit"]["kl_target"] == pytest.approx(
+        report["scale_fit"]["kl_source"], rel=0.1)
+    assert rel_error(logits(*target, tmp_path / "out"), logits(*target)) > 1e-3
+
+
+@pytest.mark.parametrize("method", ["copy", "lora-x", "cross-lora", "paw"])
+def test_every_method_loads_on_a_wider_other_vocab_target(method, tiny_model, source, adapter, tmp_path, texts):
+    target_dir = tiny_model("qwen2", vocab_size=300, hidden=96, kv_heads=2, seed=3)
+    target = load(target_dir)
+    result = transfer_adapter(adapter, source_model=source, target_model=target, method=method,
+                              output_dir=tmp_path / "out", calibration_texts=texts, rank=2)
+    config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert config["r"] == 2 and config["base_model_name_or_path"] == result.report["target_model"]
+    assert rel_error(logits(*target, tmp_path / "out"), logits(*target)) > 1e-3
+    assert len(format_report_table(result.report).splitlines()) == 2 + len(result.report["modules"])
+
+
+def test_output_rank_keeps_the_best_truncation(source, source_dir, tmp_path):
+    src = make_adapter(source_dir, tmp_path / "lora", ["q_proj"], r=8, alpha=16, use_rslora=True)
+    transfer_adapter(src, source_model=source, target_model=source, method="copy", output_dir=tmp_path / "out", rank=3)
+    before, after = read_adapter(src), read_adapter(tmp_path / "out")
+    for name, module in before.modules.items():
+        u, s, vh = torch.linalg.svd(module.delta())
+        best = (u[:, :3] * s[:3]) @ vh[:3]
+        assert rel_error(after.modules[name].delta(), best) < 1e-5
+
+
+def test_similarity_is_one_for_a_module_with_itself_and_low_for_unrelated(source, tiny_model):
+    weight = source[0].get_submodule("model.layers.0.self_attn.q_proj").weight
+    other = load(tiny_model("llama", kv_heads=4, seed=7))[0].get_submodule("model.layers.0.self_attn.q_proj").weight
+    identity = lambda x: x  # noqa: E731
+    assert index_similarity(weight, weight) == pytest.approx(1.0)
+    assert module_similarity(weight, weight, identity, identity) == pytest.approx(1.0)
+    assert index_similarity(weight, other) < 0.5  # random 16-dim subspaces of R^64 overlap ~0.25
+
+
+def test_threshold_skips_dissimilar_modules(source, tiny_model, adapter, tmp_path):
+    target = load(tiny_model("llama", kv_heads=4, seed=7))
+    sims = [r["similarity"] for r in transfer_adapter(adapter, source_model=source, target_model=target, method="copy",
+                                                      output_dir=tmp_path / "all").report["modules"]]
+    threshold = sorted(sims)[len(sims) // 2]
+    result = transfer_adapter(adapter, source_model=source, target_model=target, method="copy",
+                              output_dir=tmp_path / "half", similarity_threshold=threshold)
+    kept = {r["target"] for r in result.report["modules"] if r["similarity"] >= threshold}
+    assert set(result.transferred) == kept and 0 < len(kept) < len(sims)
+    assert set(read_adapter(tmp_path / "half").modules) == kept
+    with pytest.raises(PawError, match="no module passed"):
+        transfer_adapter(adapter, source_model=source, target_model=target, method="copy",
+                         output_dir=tmp_path / "none", similarity_threshold=1.0)
+    assert not (tmp_path / "none").exists()
+
+
+def test_distillation_lowers_teacher_student_kl(tiny_model, source, adapter, tmp_path, texts):
+    target = load(tiny_model("llama", hidden=96, kv_heads=4))
+    result = transfer_adapter(adapter, source_model=source, target_model=target, method="paw", output_dir=tmp_path / "out",
+                              calibration_texts=texts[:8], distill_steps=12, distill_lr=3e-3)
+    first, last = result.report["distill_kl_first_last"]
+    assert last < first
+
+
+def test_bad_inputs_raise_one_line_errors_and_write_nothing(tiny_model, source, source_dir, adapter, tmp_path):
+    out = tmp_path / "out"
+    wider = load(tiny_model("llama", hidden=96, kv_heads=4))
+    with pytest.raises(PawError, match="does not fit source model") as error:
+        transfer_adapter(adapter, source_model=wider, target_model=source, method="copy", output_dir=out)
+    assert "\n" not in str(error.value)
+
+    renamed, tokenizer = load(source_dir)
+    for layer in renamed.model.layers:
+        layer.mlp.fc_in = layer.mlp.gate_proj
+        del layer.mlp.gate_proj
+    with pytest.raises(PawError, match="has no linear module"):
+        transfer_adapter(adapter, source_model=source, target_model=(renamed, tokenizer), method="copy", output_dir=out)
+
+    dora = make_adapter(source_dir, tmp_path / "dora", ["q_proj"], use_dora=True)
+    with pytest.raises(PawError, match="DoRA"):
+        transfer_adapter(dora, source_model=source, target_model=source, method="copy", output_dir=out)
+
+    ia3 = tmp_path / "ia3"
+    get_peft_model(load(source_dir)[0], IA3Config(target_modules=["k_proj", "down_proj"],
+                                                  feedforward_modules=["down_proj"])).save_pretrained(ia3)
+    with pytest.raises(PawError, match="only LoRA"):
+        transfer_adapter(ia3, source_model=source, target_model=source, method="copy", output_dir=out)
+
+    with pytest.raises(PawError, match="calibration"):
+        transfer_adapter(adapter, source_model=source, target_model=source, method="paw", output_dir=out)
+    assert not out.exists()
