@@ -246,3 +246,15 @@ def test_nested_attach_is_refused(tiny_model, tmp_path):
         assert_one_line(exc, "already carries an adapter")
     with attached_adapter(loaded, adapter):  # usable again after leaving the block
         pass
+
+
+def test_adapter_on_a_bf16_base_changes_and_restores_it(tiny_model, tmp_path):
+    folder = tiny_model("gemma3_text")
+    adapter = make_adapter(folder, tmp_path / "adapter")
+    loaded = load_base(str(folder), device="cpu", dtype="bf16")
+    before = logits(loaded.model, loaded.tokenizer)
+    with attached_adapter(loaded, adapter) as adapted:
+        during = logits(adapted, loaded.tokenizer)
+    assert torch.equal(before, logits(loaded.model, loaded.tokenizer))
+    assert (during.float() - before.float()).abs().max() > 1e-2
+    assert all(p.dtype == torch.bfloat16 for p in loaded.model.parameters())

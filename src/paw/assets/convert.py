@@ -16,16 +16,18 @@ import hashlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from paw.assets.embedded import CONVERSION_RECORD
 from paw.errors import PawError
 from paw.io import atomic_directory, atomic_write_json
+from paw.models.load import BOS_FAMILIES, quiet_transformers
 from paw.progress import track
 
-CONVERSION_RECORD = "paw_conversion.json"
 CHECK_PROMPT = "The capital of France is Paris."
 TOKEN_CHECK_TEXT = "Hello world!\nThe capital of France is Paris. 1234 naïve café 東京 <b>"
 # A fixed prompt's log-likelihood may differ by float noise only if the two loads ran different kernels;
@@ -89,9 +91,10 @@ def _fail(gguf: Path, what: str) -> PawError:
     )
 
 
-def _check_tokenizer(gguf: Path, meta: dict[str, Any], gguf_tok: Any, converted_tok: Any) -> list[int]:
+def _check_tokenizer(gguf: Path, meta: dict[str, Any], gguf_tok: Any, converted_tok: Any, family: str) -> list[int]:
     """The converted tokenizer gives the GGUF tokenizer's ids, which name the GGUF's own token strings,
-    and adds BOS exactly when the GGUF says so (Gemma must)."""
+    and adds BOS exactly when the GGUF says so; families trained with BOS (Gemma) must add it."""
+
     ids = gguf_tok(TOKEN_CHECK_TEXT).input_ids
     if converted_tok(TOKEN_CHECK_TEXT).input_ids != ids:
         raise _fail(gguf, "the saved tokenizer gives different token ids from the GGUF tokenizer")
@@ -101,6 +104,8 @@ def _check_tokenizer(gguf: Path, meta: dict[str, Any], gguf_tok: Any, converted_
     adds_bos = ids[0] == meta["bos_token_id"]
     if adds_bos != meta["add_bos_token"]:
         raise _fail(gguf, f"tokenizer adds BOS={adds_bos} but the GGUF says add_bos_token={meta['add_bos_token']}")
+    if family in BOS_FAMILIES and not adds_bos:
+        raise _fail(gguf, f"a {family} tokenizer must add {converted_tok.bos_token} first but does not")
     return ids
 
 
@@ -129,8 +134,6 @@ def convert_gguf(gguf: Path, out_dir: Path) -> dict[str, Any]:
     that is also written to `out_dir/paw_conversion.json`."""
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
-    from paw.models.load import quiet_transformers
 
     quiet_transformers()
     gguf, out_dir = Path(gguf), Path(out_dir)
@@ -162,7 +165,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> dict[str, Any]:
         if info["missing_keys"] or info["unexpected_keys"]:
             raise _fail(gguf, f"saved folder loads with missing {sorted(info['missing_keys'])[:3]} "
                               f"/ unexpected {sorted(info['unexpected_keys'])[:3]} weights")
-        token_ids = _check_tokenizer(gguf, meta, gguf_tok, converted_tok)
+        token_ids = _check_tokenizer(gguf, meta, gguf_tok, converted_tok, converted.config.model_type)
         tensors = _check_weights(gguf, meta, gguf_model, converted)
         ll_converted = prompt_log_likelihood(converted, converted_tok, CHECK_PROMPT)
         if abs(ll_converted - ll_gguf) > LOG_LIKELIHOOD_TOLERANCE:
@@ -184,7 +187,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> dict[str, Any]:
             "gguf_load_seconds": round(loaded_s, 2),
             "conversion_seconds": round(time.monotonic() - started, 2),
             "transformers_version": transformers.__version__,
-            "gguf_version": _dist_version("gguf"),
+            "gguf_version": version("gguf"),
         }
         # Written last: its presence is what marks the folder as prepared.
         atomic_write_json(tmp / CONVERSION_RECORD, record)
@@ -192,11 +195,3 @@ def convert_gguf(gguf: Path, out_dir: Path) -> dict[str, Any]:
         gc.collect()
     return record
 
-
-def _dist_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None

@@ -61,7 +61,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """"auto" is bf16 on a GPU that supports it and fp32 elsewhere (CPU runs stay the exact reference)."""
+    """Auto means bf16 on a GPU that supports it and fp32 elsewhere (CPU runs stay the exact reference)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     key = str(dtype).strip().lower()
