@@ -258,3 +258,18 @@ def test_adapter_on_a_bf16_base_changes_and_restores_it(tiny_model, tmp_path):
     assert torch.equal(before, logits(loaded.model, loaded.tokenizer))
     assert (during.float() - before.float()).abs().max() > 1e-2
     assert all(p.dtype == torch.bfloat16 for p in loaded.model.parameters())
+
+
+def test_pad_token_falls_back_to_eos(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "llama-no-pad"
+    shutil.copytree(tiny_model("llama"), folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(folder)
+    assert AutoTokenizer.from_pretrained(folder).pad_token is None
+    loaded = load_base(str(folder), device="cpu")
+    assert loaded.tokenizer.pad_token == loaded.tokenizer.eos_token == "<eos>"
+    batch = loaded.tokenizer(["a", "a longer text"], padding=True)
+    assert batch.input_ids[0][-1] == loaded.tokenizer.eos_token_id and batch.attention_mask[0][-1] == 0

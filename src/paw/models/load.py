@@ -48,15 +48,19 @@ _CACHE: dict[tuple[str, torch.dtype, torch.device], LoadedModel] = {}
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """None means the first GPU when there is one, else the CPU."""
+    """None means this process's current GPU when there is one (each rank of a multi-GPU run sets its own),
+    else the CPU. "cuda" gets that index too, so "cuda" and "cuda:0" share one cache entry."""
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise PawError(f"device {device!r} is not a torch device; valid: cpu, cuda, cuda:N; fix --device") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise PawError(f"device {device!r} asked for but no CUDA GPU is visible; use device cpu or run on a GPU")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PawError(f"device {device!r} asked for but no CUDA GPU is visible; use device cpu or run on a GPU")
+        if resolved.index is None:
+            resolved = torch.device("cuda", torch.cuda.current_device())
     return resolved
 
 
