@@ -37,7 +37,7 @@ def make_adapter(base_dir: Path, out: Path, modules: list[str], *, r: int = 4, a
     return out
 
 
-def calibration_texts(count: int = 24, words: int = 50) -> list[str]:
+def calibration_texts(count: int = 16, words: int = 40) -> list[str]:
     rng = random.Random(0)
     vocab = " ".join(_CORPUS).split()
     return [" ".join(rng.choice(vocab) for _ in range(words)) for _ in range(count)]
@@ -136,8 +136,8 @@ def test_paw_recovers_permuted_hidden_basis(source, source_dir, adapter, tmp_pat
     assert residual["copy"] > 0.5, residual  # the control: copying into a permuted basis is a random perturbation
 
 
+# Cross-width and cross-vocabulary run in the every-method test below.
 PAIRS = {
-    "cross-width": dict(hidden=96, kv_heads=4),
     "cross-depth": dict(layers=6, kv_heads=4, seed=1),
     "gqa": dict(heads=8, kv_heads=2, seed=2),
 }
@@ -166,7 +166,8 @@ def test_every_method_loads_on_a_wider_other_vocab_target(method, tiny_model, so
     config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     assert config["r"] == 2 and config["base_model_name_or_path"] == result.report["target_model"]
     assert rel_error(logits(*target, tmp_path / "out"), logits(*target)) > 1e-3
-    assert len(format_report_table(result.report).splitlines()) == 2 + len(result.report["modules"])
+    table = format_report_table(result.report)
+    assert len(table.splitlines()) == 3 + len(ALL_MODULES) and "down_proj" in table
 
 
 def test_output_rank_keeps_the_best_truncation(source, source_dir, tmp_path):
@@ -207,7 +208,7 @@ def test_threshold_skips_dissimilar_modules(source, tiny_model, adapter, tmp_pat
 def test_distillation_lowers_teacher_student_kl(tiny_model, source, adapter, tmp_path, texts):
     target = load(tiny_model("llama", hidden=96, kv_heads=4))
     result = transfer_adapter(adapter, source_model=source, target_model=target, method="paw", output_dir=tmp_path / "out",
-                              calibration_texts=texts[:8], distill_steps=12, distill_lr=3e-3)
+                              calibration_texts=texts[:4], distill_steps=6, distill_lr=3e-3)
     first, last = result.report["distill_kl_first_last"]
     assert last < first
 
@@ -239,3 +240,19 @@ def test_bad_inputs_raise_one_line_errors_and_write_nothing(tiny_model, source, 
     with pytest.raises(PawError, match="calibration"):
         transfer_adapter(adapter, source_model=source, target_model=source, method="paw", output_dir=out)
     assert not out.exists()
+
+
+def test_cli_transfers_by_model_path_and_prints_the_table(source_dir, adapter, tmp_path, capsys):
+    from paw.cli import main
+
+    calibration = tmp_path / "prompts.jsonl"
+    calibration.write_text("".join(json.dumps({"text": t}) + "\n" for t in calibration_texts(4, 30)))
+    out = tmp_path / "out"
+    code = main(["transfer", "--source-adapter", str(adapter), "--source-model", str(source_dir), "--target-model",
+                 str(source_dir), "--method", "paw", "--output-dir", str(out), "--calibration-file", str(calibration),
+                 "--rank", "2"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "self_attn.q_proj" in printed and "28 modules" in printed
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 2
+    assert main(["transfer", "--source-adapter", str(tmp_path / "missing"), "--source-model", str(source_dir),
+                 "--target-model", str(source_dir), "--output-dir", str(tmp_path / "x")]) == 2

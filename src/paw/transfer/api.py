@@ -292,7 +292,7 @@ def transfer_adapter(
         )
     for row in rows:
         if row["transferred"]:
-            row["delta_norm_target_final"] = _norm(*updates[row["target"]])
+            row["delta_norm_written"] = _norm(*updates[row["target"]])  # after sum, truncation, scale, distillation
 
     report = {
         "method": method,
@@ -330,20 +330,26 @@ def transfer_adapter(
 
 
 def format_report_table(report: dict[str, Any]) -> str:
-    """A short plain-text summary of a transfer report: header line plus one row per module."""
-    scale = report.get("scale_fit", {}).get("scale")
+    """A short plain-text summary of a transfer report: a header, the layer map, one row per module kind."""
+    scale = (report.get("scale_fit") or {}).get("scale")
     lines = [
         f"{report['method']}: {report['source_model']} -> {report['target_model']}  rank {report['rank']}  "
-        f"transferred {len(report['transferred'])}/{len(report['modules'])} modules"
+        f"transferred {len(report['transferred'])} modules"
         + (f"  scale {scale:.3f}" if scale is not None else "")
-        + f"  {report['wall_time_s']:.1f}s",
-        f"{'source module':<40} {'target module':<40} {'sim':>6} {'|dW_s|':>9} {'|dW_t|':>9}  note",
+        + f"  {report['wall_time_s']:.1f}s  peak {report['peak_memory_mb']:.0f} MB",
+        "layers (source->target): " + " ".join(f"{i}->{j}" for i, j in report["layer_map"]),
+        f"{'module':<22} {'moved':>7} {'sim min':>8} {'sim mean':>8} {'|dW_s|':>9} {'|dW_t|':>9}",
     ]
+    kinds: dict[str, list[dict[str, Any]]] = {}
     for row in report["modules"]:
-        sim = f"{row['similarity']:.3f}" if "similarity" in row else "-"
-        final = row.get("delta_norm_target_final", row.get("delta_norm_target", 0.0))
-        lines.append(
-            f"{row['source']:<40} {str(row['target'] or '-'):<40} {sim:>6} "
-            f"{row.get('delta_norm_source', 0.0):>9.4f} {final:>9.4f}  {row.get('reason', '')}"
-        )
+        located = split_layer_name(row["source"])
+        kinds.setdefault(located[1] if located else row["source"], []).append(row)
+    for kind, rows in sorted(kinds.items()):
+        sims = [r["similarity"] for r in rows if "similarity" in r]
+        moved = sum(1 for r in rows if r.get("transferred"))
+        norm_s = sum(r.get("delta_norm_source", 0.0) ** 2 for r in rows) ** 0.5
+        written = {r["target"]: r["delta_norm_written"] for r in rows if "delta_norm_written" in r}
+        norm_t = sum(n**2 for n in written.values()) ** 0.5
+        sim_text = f"{min(sims):>8.3f} {sum(sims) / len(sims):>8.3f}" if sims else f"{'-':>8} {'-':>8}"
+        lines.append(f"{kind:<22} {f'{moved}/{len(rows)}':>7} {sim_text} {norm_s:>9.4f} {norm_t:>9.4f}")
     return "\n".join(lines)

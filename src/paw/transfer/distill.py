@@ -79,7 +79,7 @@ def distill_updates(
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 progress.set_postfix(f"kl={losses[-1]:.4g}")
                 progress.update(1)
     finally:
