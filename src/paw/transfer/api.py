@@ -145,10 +145,10 @@ def _combine(
     results: list[tuple[ModulePair, torch.Tensor, torch.Tensor, float]],
     threshold: float,
     rank: int,
-    in_sqrt: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    input_covariances: dict[str, torch.Tensor] | None = None,
 ) -> tuple[Updates, list[dict[str, Any]]]:
     """Keep pairs whose similarity passes `threshold`, add updates landing on one target module, truncate to
-    `rank` (activation-weighted where input statistics are given)."""
+    `rank` (weighted by the target module's input covariance where given)."""
     grouped: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     rows = []
     for pair, B_t, A_t, similarity in results:
@@ -170,8 +170,9 @@ def _combine(
     for name, parts in grouped.items():
         B = torch.cat([b for b, _ in parts], dim=1)
         A = torch.cat([a for _, a in parts], dim=0)
-        weighted = in_sqrt.get(name) if in_sqrt and B.shape[1] > rank else None
-        updates[name] = factor_lowrank(B, A, rank, weighted)
+        truncates = B.shape[1] > rank
+        weighting = psd_sqrt_pair(input_covariances[name]) if truncates and input_covariances else None
+        updates[name] = factor_lowrank(B, A, rank, weighting)
     return updates, rows
 
 
@@ -260,14 +261,13 @@ def transfer_adapter(
         updates: Updates = {}
         rows: list[dict[str, Any]] = []
         for chunk, stats in paw_statistics(source.model, target.model, layers_s, layers_t, pairs, batches, memory_budget_gb):
-            results, in_sqrt = [], {}
+            results, covariances = [], {}
             for pair, pair_stats in zip(chunk, stats):
                 w_s = linear_weight(source.model, pair.source).detach().float()
                 w_t = linear_weight(target.model, pair.target).detach().float()
                 results.append((pair, *paw_pair_update(pair, pair_stats, w_s, w_t, ridge)))
-                if pair.target not in in_sqrt:
-                    in_sqrt[pair.target] = psd_sqrt_pair(pair_stats.inputs.aa / max(pair_stats.inputs.count, 1))
-            chunk_updates, chunk_rows = _combine(results, similarity_threshold, out_rank, in_sqrt)
+                covariances[pair.target] = pair_stats.inputs.aa / max(pair_stats.inputs.count, 1)
+            chunk_updates, chunk_rows = _combine(results, similarity_threshold, out_rank, covariances)
             updates.update(chunk_updates)
             rows.extend(chunk_rows)
     else:
