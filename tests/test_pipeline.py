@@ -71,6 +71,7 @@ def test_six_steps_then_resume_after_a_crash_and_rerun_on_changed_lr(tiny_config
     assert sorted(_state(folder)) == ["1_eval_source_base", "2_train_source_lora", "3_transfer_copy", "3_transfer_paw"]
 
     # Continue: 1-3 are reused, 4-6 run, reports are written.
+    monkeypatch.setattr(pipeline_run, "_evaluate", lambda *a: calls.append(a[-1].name) or real_evaluate(*a))
     calls.clear()
     first = dict(_state(folder))
     [folder_again] = run_pipeline(config)

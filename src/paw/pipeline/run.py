@@ -216,7 +216,10 @@ def _evaluate(config: PawConfig, model: str, adapter: Path | None, tasks: list[s
         output_dir=out, data_source=config.data.source, data_dir=config.paths.data_dir,
         models_dir=config.paths.models_dir, devices=config.training.devices,
         strategy=config.training.strategy)
-    return _eval_summary(result, out)
+    experiment_dir = next(p.parent for p in out.parents if p.name == "steps")
+    return {"tasks": {task: {"metrics": entry["metrics"],
+                             "records": str(Path(entry["records"]).resolve().relative_to(experiment_dir.resolve()))}
+                      for task, entry in result["tasks"].items()}}
 
 
 def _train_and_evaluate(config: PawConfig, model: str, tasks: list[str], out: Path) -> dict[str, Any]:
@@ -233,7 +236,9 @@ def _train_and_evaluate(config: PawConfig, model: str, tasks: list[str], out: Pa
         swanlab_mode="disabled", data_source=config.data.source, data_dir=config.paths.data_dir,
         models_dir=config.paths.models_dir))
     summary = _evaluate(config, model, Path(result.adapter_dir), tasks, out / "eval")
-    return {"adapter": str(result.adapter_dir), "train": result.summary(), **summary}
+    train = {"steps": result.steps, "final_loss": result.final_loss, "reused": result.reused,
+             **{k: result.info.get(k) for k in ("wall_time_s", "tokens_per_s", "tokens", "peak_memory_mb")}}
+    return {"adapter": str(result.adapter_dir), "train": train, **summary}
 
 
 def _transfer(config: PawConfig, source_adapter: Path, source: str, target: str, method: str, tasks: list[str],

@@ -6,21 +6,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from paw.errors import PawError
+from paw.evaluate.metrics import ItemRecord, load_records, mcnemar, paired_bootstrap
 from paw.io import atomic_write_text
-from paw.report.stats import (
-    MIN_TRAINED_GAIN_POINTS,
-    accuracy_interval,
-    aligned,
-    gain_interval,
-    mcnemar,
-    read_correct,
-    recovery_interval,
-)
+
+# Below this target-LoRA gain (accuracy points) recovery is a ratio of noise: it is shown as "not judged".
+MIN_TRAINED_GAIN_POINTS = 3.0
 
 # Evaluation labels in report order, with the column titles a reader sees.
 FIXED_COLUMNS = (("source_base", "source base"), ("source_lora", "source + LoRA"), ("target_base", "target base"))
@@ -46,57 +40,68 @@ def _columns(results: dict[str, Any]) -> list[tuple[str, str]]:
     return [*FIXED_COLUMNS, *((transferred_label(m), f"transferred ({m})") for m in methods), TRAINED_COLUMN]
 
 
-def _correct(experiment_dir: Path, results: dict[str, Any], label: str, task: str) -> dict[str, bool] | None:
+def _records(experiment_dir: Path, results: dict[str, Any], label: str, task: str) -> list[ItemRecord] | None:
     entry = results.get("evaluations", {}).get(label, {}).get(task)
-    if not entry:
-        return None
-    return read_correct(experiment_dir / entry["records"], results.get("metric", "acc"))
+    return load_records(experiment_dir / entry["records"]) if entry else None
+
+
+def _common(*runs: list[ItemRecord]) -> list[list[ItemRecord]]:
+    """The runs restricted to the items all of them scored (a subset run compares on its own items)."""
+    ids = set.intersection(*({r.id for r in run} for run in runs))
+    return [[r for r in run if r.id in ids] for run in runs]
+
+
+def _interval(runs: list[list[ItemRecord]], statistic: Any, metric: str) -> dict[str, float]:
+    """A statistic of the runs' accuracies (in points) with its paired bootstrap interval."""
+    result = paired_bootstrap(_common(*runs), statistic, metric=metric)
+    return {k: 100 * result[k] for k in ("value", "low", "high")}
 
 
 def analyse(experiment_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
     """Per task: accuracy with interval per evaluation; per method: gains, recovery, retention, McNemar."""
+    metric = results.get("metric", "acc")
     analysis: dict[str, Any] = {}
     for task in results["tasks"]:
-        runs = {label: _correct(experiment_dir, results, label, task) for label, _ in _columns(results)}
-        accuracy = {}
-        for label, run in runs.items():
-            if run is not None:
-                acc, lo, hi = accuracy_interval(aligned(run)[0])
-                accuracy[label] = {"acc": acc, "low": lo, "high": hi, "n": len(run)}
+        runs = {label: _records(experiment_dir, results, label, task) for label, _ in _columns(results)}
+        accuracy = {label: _interval([run], lambda a: a, metric) | {"n": len(run)}
+                    for label, run in runs.items() if run}
+        base, trained = runs.get("target_base"), runs.get("target_lora")
+        source_base, source_lora = runs.get("source_base"), runs.get("source_lora")
+        trained_gain = _interval([base, trained], lambda b, t: t - b, metric) if base and trained else None
+        source_gain = (_interval([source_base, source_lora], lambda b, t: t - b, metric)
+                       if source_base and source_lora else None)
         methods = {}
-        base, trained, source_base, source_lora = (runs.get(k) for k in
-                                                   ("target_base", "target_lora", "source_base", "source_lora"))
         for method in results.get("methods", []):
-            transferred = runs.get(transferred_label(method))
-            if transferred is None or base is None:
+            moved = runs.get(transferred_label(method))
+            if not moved or not base:
                 continue
-            t, b = aligned(transferred, base)
-            row: dict[str, Any] = {"gain": gain_interval(t, b), "mcnemar": mcnemar(b, t)}
-            if trained is not None:
-                t3, b3, tr3 = aligned(transferred, base, trained)
-                row["recovery"] = recovery_interval(t3, b3, tr3)
-            if source_base is not None and source_lora is not None:
-                s_gain = 100 * (aligned(source_lora)[0].mean() - aligned(source_base)[0].mean())
-                row["source_gain"] = s_gain
-                row["retention"] = row["gain"][0] / s_gain if abs(s_gain) >= MIN_TRAINED_GAIN_POINTS else None
+            row: dict[str, Any] = {"gain": _interval([base, moved], lambda b, m: m - b, metric),
+                                   "mcnemar": mcnemar(*_common(base, moved), metric=metric)}
+            if trained_gain is not None:
+                if trained_gain["value"] >= MIN_TRAINED_GAIN_POINTS:
+                    rec = _interval([base, trained, moved], lambda b, t, m: (m - b) / (t - b), metric)
+                    row["recovery"] = {"judged": True, **{k: v / 100 for k, v in rec.items()}}
+                else:
+                    row["recovery"] = {"judged": False, "note": (
+                        f"target-trained gain {trained_gain['value']:+.1f} pts is below {MIN_TRAINED_GAIN_POINTS:.0f}: "
+                        "too small to judge recovery")}
+            if source_gain is not None and abs(source_gain["value"]) >= MIN_TRAINED_GAIN_POINTS:
+                row["retention"] = row["gain"]["value"] / source_gain["value"]
             methods[method] = row
-        if trained is not None and base is not None:
-            tr, b = aligned(trained, base)
-            analysis_trained = gain_interval(tr, b)
-        else:
-            analysis_trained = None
-        analysis[task] = {"accuracy": accuracy, "methods": methods, "trained_gain": analysis_trained}
+        analysis[task] = {"accuracy": accuracy, "methods": methods, "trained_gain": trained_gain,
+                          "source_gain": source_gain}
     return analysis
 
 
-def _cell(entry: dict[str, Any] | None) -> str:
+def _ratio(rec: dict[str, Any]) -> str:
+    return f"{rec['value']:.2f} [{rec['low']:.2f}, {rec['high']:.2f}]"
+
+
+def _cell(entry: dict[str, Any] | None, signed: bool = False) -> str:
     if not entry:
         return "—"
-    return f"{entry['acc']:.1f} [{entry['low']:.1f}, {entry['high']:.1f}]"
-
-
-def _pts(value: float | None) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:+.1f}"
+    f = "+.1f" if signed else ".1f"
+    return f"{entry['value']:{f}} [{entry['low']:{f}}, {entry['high']:{f}}]"
 
 
 def summary_markdown(results: dict[str, Any], analysis: dict[str, Any]) -> str:
@@ -126,26 +131,26 @@ def summary_markdown(results: dict[str, Any], analysis: dict[str, Any]) -> str:
       f"target-trained LoRA gains at least {MIN_TRAINED_GAIN_POINTS:.0f} points. **Retention** is the transferred "
       "gain over the source LoRA's own gain. McNemar's exact test asks whether transferred and target base differ "
       "on the same questions (p < 0.05: the difference is unlikely to be chance).\n\n")
-    w("| task | method | source LoRA gain | trained gain | transferred gain [95% CI] | recovery R [95% CI] | "
-      "retention | McNemar p |\n|---|---|---:|---:|---:|---:|---:|---:|\n")
+    w("| task | method | source LoRA gain | trained gain | transferred gain | recovery R | retention | "
+      "McNemar p |\n|---|---|---:|---:|---:|---:|---:|---:|\n")
     notes = []
     for task, entry in analysis.items():
-        trained_gain = entry["trained_gain"][0] if entry["trained_gain"] else None
         for method, row in entry["methods"].items():
-            gain, lo, hi = row["gain"]
             rec = row.get("recovery")
             if rec and rec["judged"]:
-                rec_text = f"{rec['recovery']:.2f} [{rec['low']:.2f}, {rec['high']:.2f}]"
+                rec_text = _ratio(rec)
             else:
                 rec_text = "not judged" if rec else "—"
                 if rec:
                     notes.append(f"{task}: {rec['note']}.")
             retention = row.get("retention")
-            w(f"| {task} | {method} | {_pts(row.get('source_gain'))} | {_pts(trained_gain)} | "
-              f"{gain:+.1f} [{lo:+.1f}, {hi:+.1f}] | {rec_text} | "
-              f"{'—' if retention is None else f'{retention:.2f}'} | {row['mcnemar']['p_value']:.3g} |\n")
+            w(f"| {task} | {method} | {_cell(entry['source_gain'], True)} | {_cell(entry['trained_gain'], True)} | "
+              f"{_cell(row['gain'], True)} | {rec_text} | {'—' if retention is None else f'{retention:.2f}'} | "
+              f"{row['mcnemar']['p_value']:.3g} |\n")
     for note in sorted(set(notes)):
         w(f"\n> {note}\n")
+    w("\nGains are in accuracy points, target minus base on the same questions, with 95% paired bootstrap "
+      "intervals.\n")
 
     w("\n## Steps\n\n| step | what | status | wall time | peak RAM | peak GPU |\n|---|---|---|---:|---:|---:|\n")
     for step in results.get("steps", []):
@@ -169,9 +174,9 @@ def csv_rows(results: dict[str, Any], analysis: dict[str, Any]) -> list[dict[str
             rows.append({
                 "experiment": results["experiment"], "source_model": results["source_model"],
                 "target_model": results["target_model"], "task": task, "evaluation": label,
-                "metric": results.get("metric", "acc"), "accuracy": round(acc["acc"], 3), "low": round(acc["low"], 3),
+                "metric": results.get("metric", "acc"), "accuracy": round(acc["value"], 3), "low": round(acc["low"], 3),
                 "high": round(acc["high"], 3), "n": acc["n"],
-                "recovery": round(rec["recovery"], 4) if judged else "",
+                "recovery": round(rec["value"], 4) if judged else "",
                 "recovery_low": round(rec["low"], 4) if judged else "",
                 "recovery_high": round(rec["high"], 4) if judged else "",
             })
@@ -204,9 +209,9 @@ def summary_figure(results: dict[str, Any], analysis: dict[str, Any], path: Path
             acc = analysis[task]["accuracy"].get(label)
             if acc:
                 xs.append(t + (i - (len(columns) - 1) / 2) * width)
-                ys.append(acc["acc"])
-                errs[0].append(acc["acc"] - acc["low"])
-                errs[1].append(acc["high"] - acc["acc"])
+                ys.append(acc["value"])
+                errs[0].append(acc["value"] - acc["low"])
+                errs[1].append(acc["high"] - acc["value"])
         ax.bar(xs, ys, width, yerr=errs, capsize=3, label=title, color=colors(i))
         for x, y in zip(xs, ys):
             ax.text(x, y + 1, f"{y:.0f}", ha="center", va="bottom", fontsize=7)
@@ -257,8 +262,7 @@ def comparison_markdown(experiment_dirs: list[Path]) -> str:
             acc = entry["accuracy"]
             for method, row in entry["methods"].items():
                 rec = row.get("recovery")
-                rec_text = (f"{rec['recovery']:.2f} [{rec['low']:.2f}, {rec['high']:.2f}]" if rec and rec["judged"]
-                            else "not judged")
+                rec_text = _ratio(rec) if rec and rec["judged"] else "not judged"
                 lines.append(f"| {results['experiment']} | {task} | {method} | {_cell(acc.get('target_base'))} | "
                              f"{_cell(acc.get(transferred_label(method)))} | {_cell(acc.get('target_lora'))} | {rec_text} |")
     return "\n".join(lines) + "\n"
