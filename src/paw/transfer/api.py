@@ -280,7 +280,7 @@ def transfer_adapter(
         )
     source_updates = {p.source: (p.B, p.A) for p in pairs}
     if method == "paw" and fit_scale:
-        scale_batches = batches[: max(1, 32 // batch_size)]
+        scale_batches = [b.subsample(256) for b in batches[: max(1, 32 // batch_size)]]
         scale, shift_s, shift_t = fit_update_scale(source.model, target.model, source_updates, updates, scale_batches)
         updates = {name: (B * scale, A) for name, (B, A) in updates.items()}
         scale_fit = {"scale": scale, "kl_source": shift_s, "kl_target": shift_t}
@@ -288,7 +288,7 @@ def transfer_adapter(
     if distill_steps > 0:
         vocab = shared_vocabulary(source.tokenizer, target.tokenizer)
         updates, distill_losses = distill_updates(
-            source.model, target.model, source_updates, updates, batches, vocab, steps=distill_steps, rank=out_rank, lr=distill_lr
+            source.model, target.model, source_updates, updates, [b.subsample(256) for b in batches], vocab, steps=distill_steps, rank=out_rank, lr=distill_lr
         )
     for row in rows:
         if row["transferred"]:

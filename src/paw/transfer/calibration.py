@@ -49,6 +49,17 @@ class PairedBatch:
     def num_positions(self) -> int:
         return int(self.source.rows.numel())
 
+    def subsample(self, max_positions: int) -> PairedBatch:
+        """The same batch keeping at most `max_positions` aligned positions, evenly spread (bounds the size of
+        next-token distributions over large vocabularies)."""
+        if self.num_positions <= max_positions:
+            return self
+        keep = torch.linspace(0, self.num_positions - 1, max_positions).round().long()
+        return PairedBatch(
+            ModelBatch(self.source.inputs, self.source.rows[keep.to(self.source.rows.device)], self.source.cols[keep.to(self.source.cols.device)]),
+            ModelBatch(self.target.inputs, self.target.rows[keep.to(self.target.rows.device)], self.target.cols[keep.to(self.target.cols.device)]),
+        )
+
 
 def _encode(tokenizer: Any, text: str, max_tokens: int) -> tuple[list[int], list[tuple[int, int]]]:
     encoded = tokenizer(text, return_offsets_mapping=True, truncation=True, max_length=max_tokens)
@@ -165,10 +176,21 @@ def added_updates(model: nn.Module, updates: dict[str, tuple[torch.Tensor, torch
 
 
 def position_logprobs(model: nn.Module, batch: ModelBatch, vocab_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Next-token log-probabilities (fp32) at the batch's aligned positions, optionally over a vocabulary subset."""
-    logits = model(**batch.inputs, use_cache=False).logits[batch.rows, batch.cols].float()
-    if vocab_ids is not None:
-        logits = logits[:, vocab_ids]
+    """Next-token log-probabilities (fp32) at the batch's aligned positions, optionally over a vocabulary subset.
+
+    The output head runs on the aligned positions only (from the final hidden states), never on every
+    position times the whole vocabulary; final-logit soft-capping (gemma2) is applied as the model does.
+    """
+    out = model(**batch.inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+    hidden = out.hidden_states[-1][batch.rows, batch.cols]
+    head = model.get_output_embeddings()
+    weight = head.weight if vocab_ids is None else head.weight[vocab_ids]
+    logits = (hidden.to(weight.dtype) @ weight.T).float()
+    if getattr(head, "bias", None) is not None:
+        logits = logits + (head.bias if vocab_ids is None else head.bias[vocab_ids]).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
     return torch.log_softmax(logits, dim=-1)
 
 
