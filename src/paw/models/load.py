@@ -135,7 +135,8 @@ def load_model_uncached(
         family = str(config.model_type)
         extra = {"attn_implementation": "eager"} if family in EAGER_ATTENTION_FAMILIES else {}
         model, info = AutoModelForCausalLM.from_pretrained(
-            ref.location, dtype=dtype, trust_remote_code=trust_remote_code, output_loading_info=True, **extra
+            ref.location, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
+            output_loading_info=True, **extra,
         )
     except (OSError, ValueError, KeyError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
