@@ -323,9 +323,12 @@ def score_packed(model: Any, batch: Sequence[PackedItem]) -> list[tuple[list[flo
             targets += target
     lines_t = torch.tensor(lines, device=logits.device)
     targets_t = torch.tensor(targets, device=logits.device)
-    chosen = logits[lines_t].float()
-    token_ll = chosen.log_softmax(-1).gather(-1, targets_t[:, None])[:, 0].cpu()
-    token_greedy = (chosen.argmax(-1) == targets_t).cpu()
+    # log_softmax(x)[t] = x[t] - logsumexp(x), per kept position once (a shared position may score several
+    # choices' first tokens): two passes over the vocabulary instead of materialising log-probabilities.
+    logits = logits.float()
+    log_normaliser = logits.logsumexp(-1)
+    token_ll = (logits[lines_t, targets_t] - log_normaliser[lines_t]).cpu()
+    token_greedy = (logits.argmax(-1)[lines_t] == targets_t).cpu()
     out, cursor = [], 0
     for row in batch:
         lls, greedy = [], []
