@@ -270,7 +270,9 @@ def _results(plan: ExperimentPlan, config: PawConfig, state: StepState, ran: set
     for key, record in sorted(state.steps.items()):
         number = int(key.split("_", 1)[0])
         summary, usage = record.get("summary", {}), record.get("usage", {})
-        steps.append({"key": key, "number": number, "title": STEP_TITLES[number],
+        method = key.split("_")[-1] if number in (3, 5) else None
+        title = STEP_TITLES[number] + (f" ({method})" if method else "")
+        steps.append({"key": key, "number": number, "title": title,
                       "status": "ran" if key in ran else "reused", **usage})
         label = _evaluation_label(key)
         if label and "tasks" in summary:

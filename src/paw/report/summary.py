@@ -93,6 +93,11 @@ def analyse(experiment_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
     return analysis
 
 
+def _short(model: str) -> str:
+    """A model as a reader names it: the last path component of a folder or hub id."""
+    return model.rstrip("/").split("/")[-1]
+
+
 def _ratio(rec: dict[str, Any]) -> str:
     return f"{rec['value']:.2f} [{rec['low']:.2f}, {rec['high']:.2f}]"
 
@@ -109,12 +114,13 @@ def summary_markdown(results: dict[str, Any], analysis: dict[str, Any]) -> str:
     metric = results.get("metric", "acc")
     out = io.StringIO()
     w = out.write
-    w(f"# PAW experiment: {results['source_model']} → {results['target_model']}\n\n")
-    w(f"A LoRA adapter was trained on **{results['source_model']}** (the source), moved to "
-      f"**{results['target_model']}** (the target) with {', '.join(f'`{m}`' for m in results.get('methods', []))}, "
+    w(f"# PAW experiment: {_short(results['source_model'])} → {_short(results['target_model'])}\n\n")
+    w(f"A LoRA adapter was trained on **{_short(results['source_model'])}** (the source), moved to "
+      f"**{_short(results['target_model'])}** (the target) with {', '.join(f'`{m}`' for m in results.get('methods', []))}, "
       "and compared with a LoRA trained directly on the target (the upper bound). "
       f"Accuracy is lm-evaluation-harness `{metric}` in percent, on the same questions for every model, with a 95% "
       "bootstrap interval over questions.\n\n")
+    w(f"- Source: `{results['source_model']}`\n- Target: `{results['target_model']}`\n")
     w(f"- Experiment: `{results['experiment']}`\n- Tasks: {', '.join(results['tasks'])} "
       f"(split: {results.get('split') or 'task default'}, sample ratio {results.get('sample_ratio', 1.0)})\n\n")
 
@@ -200,7 +206,7 @@ def summary_figure(results: dict[str, Any], analysis: dict[str, Any], path: Path
 
     columns = _columns(results)
     tasks = list(analysis)
-    fig, (ax, ax_time) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax, ax_time) = plt.subplots(1, 2, figsize=(13, 5.4), gridspec_kw={"width_ratios": [3, 2]})
     width = 0.8 / len(columns)
     colors = plt.get_cmap("tab10")
     for i, (label, title) in enumerate(columns):
@@ -217,8 +223,8 @@ def summary_figure(results: dict[str, Any], analysis: dict[str, Any], path: Path
             ax.text(x, y + 1, f"{y:.0f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylabel(f"{results.get('metric', 'acc')} (%) with 95% interval")
-    ax.set_title(f"{results['source_model']} → {results['target_model']}")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"{_short(results['source_model'])} → {_short(results['target_model'])}")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, frameon=False)
     ax.set_ylim(0, 100)
 
     steps = results.get("steps", [])
