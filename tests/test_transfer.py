@@ -157,17 +157,23 @@ def test_paw_runs_across_shapes(pair, tiny_model, source, adapter, tmp_path, tex
     assert rel_error(logits(*target, tmp_path / "out"), logits(*target)) > 1e-3
 
 
+@pytest.fixture(scope="module")
+def wide_target(tiny_model):
+    """Another family, width and vocabulary: qwen2, hidden 96, 300 tokens (the source is llama, 64, 400)."""
+    return load(tiny_model("qwen2", vocab_size=300, hidden=96, kv_heads=2, seed=3))
+
+
 @pytest.mark.parametrize("method", ["copy", "lora-x", "cross-lora", "paw"])
-def test_every_method_loads_on_a_wider_other_vocab_target(method, tiny_model, source, adapter, tmp_path, texts):
-    target_dir = tiny_model("qwen2", vocab_size=300, hidden=96, kv_heads=2, seed=3)
-    target = load(target_dir)
+def test_every_method_loads_on_a_wider_other_vocab_target(method, wide_target, source, adapter, tmp_path, texts):
+    target = wide_target
     result = transfer_adapter(adapter, source_model=source, target_model=target, method=method,
                               output_dir=tmp_path / "out", calibration_texts=texts, rank=2)
     config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     assert config["r"] == 2 and config["base_model_name_or_path"] == result.report["target_model"]
     assert rel_error(logits(*target, tmp_path / "out"), logits(*target)) > 1e-3
     table = format_report_table(result.report)
-    assert len(table.splitlines()) == 3 + len(ALL_MODULES) and "down_proj" in table
+    rows = [line.split()[0] for line in table.splitlines()[2:] if line.split()[0] != "note:"][1:]
+    assert sorted(row.split(".")[-1] for row in rows) == sorted(ALL_MODULES)
 
 
 def test_output_rank_keeps_the_best_truncation(source, source_dir, tmp_path):
@@ -256,3 +262,25 @@ def test_cli_transfers_by_model_path_and_prints_the_table(source_dir, adapter, t
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 2
     assert main(["transfer", "--source-adapter", str(tmp_path / "missing"), "--source-model", str(source_dir),
                  "--target-model", str(source_dir), "--output-dir", str(tmp_path / "x")]) == 2
+
+
+def test_paw_truncation_is_weighted_by_the_inputs_the_module_sees(source, adapter, tmp_path, texts):
+    calibration = texts[:6]
+    transfer_adapter(adapter, source_model=source, target_model=source, method="paw", output_dir=tmp_path / "out",
+                     calibration_texts=calibration, rank=2, fit_scale=False)
+    model, tokenizer = source
+    inputs: dict[str, list[torch.Tensor]] = {}
+    hooks = [model.get_submodule(name).register_forward_hook(
+        lambda _m, args, _o, name=name: inputs.setdefault(name, []).append(args[0][0])) for name in read_adapter(adapter).modules]
+    with torch.no_grad():
+        for text in calibration:
+            model(**tokenizer(text, return_tensors="pt"))
+    for hook in hooks:
+        hook.remove()
+    before, after = read_adapter(adapter), read_adapter(tmp_path / "out")
+    for name, module in before.modules.items():
+        x = torch.cat(inputs[name])
+        u, s, vh = torch.linalg.svd(module.delta())
+        plain = (u[:, :2] * s[:2]) @ vh[:2]
+        weighted_error = (x @ (after.modules[name].delta() - module.delta()).T).norm()
+        assert weighted_error <= (x @ (plain - module.delta()).T).norm() * 1.001, name

@@ -176,6 +176,17 @@ def _combine(
     return updates, rows
 
 
+def _calibration_note(positions: int, pairs: list[ModulePair], source: _Base, target: _Base) -> str:
+    """A warning when paw's maps have fewer aligned positions than ~4x the widest module input they fit."""
+    widest = max(
+        max(linear_weight(source.model, p.source).shape[1], linear_weight(target.model, p.target).shape[1]) for p in pairs
+    )
+    if positions >= 4 * widest:
+        return ""
+    return (f"only {positions} aligned calibration positions for module inputs up to {widest} wide: the maps lean "
+            "on the ridge prior; pass more or longer calibration prompts")
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -294,6 +305,7 @@ def transfer_adapter(
         if row["transferred"]:
             row["delta_norm_written"] = _norm(*updates[row["target"]])  # after sum, truncation, scale, distillation
 
+    positions = sum(b.num_positions for b in batches)
     report = {
         "method": method,
         "source_adapter": str(source_adapter_dir),
@@ -308,7 +320,8 @@ def transfer_adapter(
         "transferred": sorted(updates),
         "skipped": [r["source"] for r in rows + skipped if not r.get("transferred")],
         "calibration_size": len(texts) if needs_text else 0,
-        "calibration_positions": sum(b.num_positions for b in batches),
+        "calibration_positions": positions,
+        "calibration_note": _calibration_note(positions, pairs, source, target) if method == "paw" else "",
         "scale_fit": scale_fit,
         "distill_steps": distill_steps,
         "distill_kl_first_last": [distill_losses[0], distill_losses[-1]] if distill_losses else None,
@@ -338,6 +351,7 @@ def format_report_table(report: dict[str, Any]) -> str:
         + (f"  scale {scale:.3f}" if scale is not None else "")
         + f"  {report['wall_time_s']:.1f}s  peak {report['peak_memory_mb']:.0f} MB",
         "layers (source->target): " + " ".join(f"{i}->{j}" for i, j in report["layer_map"]),
+        *(["note: " + report["calibration_note"]] if report.get("calibration_note") else []),
         f"{'module':<22} {'moved':>7} {'sim min':>8} {'sim mean':>8} {'|dW_s|':>9} {'|dW_t|':>9}",
     ]
     kinds: dict[str, list[dict[str, Any]]] = {}
