@@ -16,7 +16,7 @@ from paw.errors import PawError
 from paw.io import atomic_directory, atomic_write_json
 from paw.progress import track
 from paw.transfer.adapter_io import LoraAdapter, factor_lowrank, read_adapter, write_adapter
-from paw.transfer.calibration import model_device, paired_batches
+from paw.transfer.calibration import PairedBatch, model_device, paired_batches, shift_agreement
 from paw.transfer.distill import distill_updates, shared_vocabulary
 from paw.transfer.layer_map import relative_depth_map
 from paw.transfer.linalg import psd_sqrt_pair
@@ -248,11 +248,14 @@ def transfer_adapter(
     layers_s, layers_t = layer_structure(source.model), layer_structure(target.model)
     out_rank = rank or adapter.rank
 
-    batches = []
     texts = list(calibration_texts or [])[:calibration_size]
-    if needs_text:
-        batches = paired_batches(
-            texts,
+    # An eighth of the prompts (when there are 16+) is kept out of fitting to check the result.
+    held_out = texts[len(texts) - len(texts) // 8 :] if len(texts) >= 16 else []
+    fit_texts = texts[: len(texts) - len(held_out)]
+
+    def pair_up(chunk: list[str]) -> list[PairedBatch]:
+        return paired_batches(
+            chunk,
             source.tokenizer,
             target.tokenizer,
             source_device=model_device(source.model),
@@ -260,6 +263,8 @@ def transfer_adapter(
             max_tokens=max_tokens,
             batch_size=batch_size,
         )
+
+    batches = pair_up(fit_texts) if needs_text else []
     cka = None
     if method == "paw" and layers_s.num_layers != layers_t.num_layers:
         layer_map, cka = cka_layer_map(source.model, target.model, layers_s, layers_t, batches)
@@ -296,11 +301,19 @@ def transfer_adapter(
         updates = {name: (B * scale, A) for name, (B, A) in updates.items()}
         scale_fit = {"scale": scale, "kl_source": shift_s, "kl_target": shift_t}
     distill_losses: list[float] = []
+    vocab = shared_vocabulary(source.tokenizer, target.tokenizer) if texts else None
     if distill_steps > 0:
-        vocab = shared_vocabulary(source.tokenizer, target.tokenizer)
         updates, distill_losses = distill_updates(
             source.model, target.model, source_updates, updates, [b.subsample(256) for b in batches], vocab, steps=distill_steps, rank=out_rank, lr=distill_lr
         )
+    agreement = None
+    if texts:
+        check = [b.subsample(256) for b in pair_up(held_out or texts)[: max(1, 32 // batch_size)]]
+        agreement = {
+            "cosine": shift_agreement(source.model, target.model, source_updates, updates, check, vocab),
+            "held_out": bool(held_out),
+            "texts": min(len(held_out or texts), max(1, 32 // batch_size) * batch_size),
+        }
     for row in rows:
         if row["transferred"]:
             row["delta_norm_written"] = _norm(*updates[row["target"]])  # after sum, truncation, scale, distillation
@@ -319,10 +332,11 @@ def transfer_adapter(
         "modules": rows + skipped,
         "transferred": sorted(updates),
         "skipped": [r["source"] for r in rows + skipped if not r.get("transferred")],
-        "calibration_size": len(texts) if needs_text else 0,
+        "calibration_size": len(fit_texts) if needs_text else 0,
         "calibration_positions": positions,
         "calibration_note": _calibration_note(positions, pairs, source, target) if method == "paw" else "",
         "scale_fit": scale_fit,
+        "shift_agreement": agreement,
         "distill_steps": distill_steps,
         "distill_kl_first_last": [distill_losses[0], distill_losses[-1]] if distill_losses else None,
         "wall_time_s": round(time.monotonic() - started, 3),
@@ -350,6 +364,8 @@ def format_report_table(report: dict[str, Any]) -> str:
         f"transferred {len(report['transferred'])} modules"
         + (f"  scale {scale:.3f}" if scale is not None else "")
         + f"  {report['wall_time_s']:.1f}s  peak {report['peak_memory_mb']:.0f} MB",
+        *([f"shift agreement {agreement['cosine']:.3f} ({'held-out' if agreement['held_out'] else 'in-sample'}, "
+           f"{agreement['texts']} prompts)"] if (agreement := report.get("shift_agreement")) else []),
         "layers (source->target): " + " ".join(f"{i}->{j}" for i, j in report["layer_map"]),
         *(["note: " + report["calibration_note"]] if report.get("calibration_note") else []),
         f"{'module':<22} {'moved':>7} {'sim min':>8} {'sim mean':>8} {'|dW_s|':>9} {'|dW_t|':>9}",

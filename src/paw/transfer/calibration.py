@@ -197,3 +197,29 @@ def position_logprobs(model: nn.Module, batch: ModelBatch, vocab_ids: torch.Tens
 def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """Mean over positions of KL(p ‖ q) from log-probabilities."""
     return (logp.exp() * (logp - logq)).sum(dim=-1).mean()
+
+
+@torch.no_grad()
+def shift_agreement(
+    source: nn.Module,
+    target: nn.Module,
+    source_updates: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    target_updates: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    batches: list[PairedBatch],
+    vocab: tuple[torch.Tensor, torch.Tensor],
+) -> float:
+    """Label-free check of a transfer: the mean over aligned positions of the cosine between the source's and
+    the target's next-token log-probability shifts (base+update minus base), over the shared vocabulary and
+    centred per position. 1: the target's answers move exactly as the source's do; 0: unrelated."""
+    ids_s, ids_t = vocab[0].to(model_device(source)), vocab[1].to(model_device(target))
+    total, count = 0.0, 0
+    for batch in batches:
+        shifts = []
+        for model, side, updates, ids in ((source, batch.source, source_updates, ids_s), (target, batch.target, target_updates, ids_t)):
+            base = position_logprobs(model, side, ids)
+            with added_updates(model, updates):
+                shift = position_logprobs(model, side, ids) - base
+            shifts.append((shift - shift.mean(dim=-1, keepdim=True)).cpu())
+        total += float(torch.nn.functional.cosine_similarity(shifts[0], shifts[1], dim=-1).sum())
+        count += batch.num_positions
+    return total / max(count, 1)
