@@ -6,64 +6,46 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from paw.cli import main as paw_main
+from paw.evaluate import load_records
 from paw.evaluate.distributed import _dataloaders, score_items_lightning
 from paw.evaluate.scoring import score_items
 
-TESTS = Path(__file__).parent
-SRC = TESTS.parent / "src"
-
-# Lightning's ddp strategy re-runs the launching script in each extra process, so the job lives in a script file.
-SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from test_evaluate_scoring import ITEMS
-    from paw.evaluate.distributed import is_global_zero, score_items_lightning
-
-    folder, out = sys.argv[1], sys.argv[2]
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    # 7 items over 2 ranks: uneven shards, gathered back into item order.
-    records = score_items_lightning(
-        model, tokenizer, ITEMS + ITEMS[:2], batch_size=2, devices=2, strategy="ddp", accelerator="cpu"
-    )
-    if is_global_zero():
-        json.dump([r.to_dict() for r in records], open(out, "w"))
-    """
-)
+SRC = Path(__file__).parent.parent / "src"
 
 
 def _load(folder):
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(folder)
 
 
-def test_two_process_ddp_equals_one_process(tiny_model, tmp_path):
-    from test_evaluate_scoring import ITEMS
-
-    folder = tiny_model("llama")
-    script = tmp_path / "ddp_eval.py"
-    script.write_text(SCRIPT)
-    out = tmp_path / "records.json"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), str(TESTS)]), OMP_NUM_THREADS="1")
+def test_two_process_ddp_eval_equals_one_process(tiny_model, tmp_path):
+    """`paw eval --devices 2 --strategy ddp`: Lightning re-launches the command in a second process; rank 0
+    writes records equal to a one-process run's."""
+    folder = str(tiny_model("llama"))
+    # 5 items per task over 2 ranks: uneven shards, gathered back into item order.
+    common = ["eval", "--models_list", folder, "--dataset", "arc-challenge", "--dataset", "winogrande", "--limit", "5"]
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", PAW_PROGRESS="off")
     done = subprocess.run(
-        [sys.executable, str(script), str(folder), str(out)], env=env, capture_output=True, text=True, timeout=240
-    )
+        [sys.executable, "-m", "paw", *common, "--output_dir", str(tmp_path / "ddp"), "--devices", "2", "--strategy", "ddp"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    ddp = json.loads(out.read_text())
-
-    model, tokenizer = _load(folder)
-    single = [r.to_dict() for r in score_items(model, tokenizer, ITEMS + ITEMS[:2], batch_size=2)]
-    assert [r["id"] for r in ddp] == [r["id"] for r in single]
-    for a, b in zip(ddp, single):
-        # Different batch neighbours change float rounding only.
-        assert max(abs(x - y) for x, y in zip(a["loglikelihoods"], b["loglikelihoods"])) < 1e-4
-        assert {k: v for k, v in a.items() if k != "loglikelihoods"} == {k: v for k, v in b.items() if k != "loglikelihoods"}
+    assert paw_main([*common, "--output_dir", str(tmp_path / "one")]) == 0
+    for task in ("arc-challenge", "winogrande"):
+        ddp = load_records(next((tmp_path / "ddp").glob(f"*/{task}/records.jsonl")))
+        one = load_records(next((tmp_path / "one").glob(f"*/{task}/records.jsonl")))
+        assert [r.id for r in ddp] == [r.id for r in one] and len(one) == 5
+        for a, b in zip(ddp, one):
+            # Different batch neighbours change float rounding only.
+            assert max(abs(x - y) for x, y in zip(a.loglikelihoods, b.loglikelihoods)) < 1e-4
+            assert (a.prediction, a.prediction_norm, a.is_greedy) == (b.prediction, b.prediction_norm, b.is_greedy)
+    ddp_result = json.loads(next((tmp_path / "ddp").glob("*/winogrande/results.json")).read_text())
+    assert ddp_result["config"]["devices"] == 2 and ddp_result["metrics"]["n"] == 5
 
 
 def test_one_device_lightning_job_equals_score_items(tiny_model):
