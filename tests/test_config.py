@@ -5,7 +5,7 @@ import pytest
 from paw.config import config_help, dump_config, load_config
 from paw.errors import PawError
 
-CONFIGS = Path(__file__).parents[1] / "configs"
+CONFIGS = Path(__file__).parents[1] / "src" / "paw" / "configs"
 
 USER_STYLE_YAML = """\
 # LoRA Transfer Pipeline - Main Configuration
