@@ -21,6 +21,7 @@ from paw.errors import PawError
 TRANSFER_METHODS = ("paw", "lora-x", "cross-lora", "copy")
 EXISTING_EXPERIMENT_ACTIONS = ("prompt", "continue", "delete", "abort")
 DATA_SOURCES = ("embedded", "hub", "local")
+MODEL_DTYPES = ("auto", "float32", "bfloat16")
 SWANLAB_MODES = ("disabled", "offline", "local", "cloud", "online")
 
 
@@ -48,6 +49,8 @@ class ExperimentModelsConfig:
     source_model: str = _f("gemma3-270m", "Source base model: embedded name, folder under models_dir, path or hub id.")
     target_model: str = _f("smollm2-135m", "Target base model, named the same ways.")
     source_adapter: str | None = _f(None, "An existing source LoRA folder: step 2 (train source) is then skipped.")
+    dtype: str = _f("auto", "Base weights for every step: auto (bf16 on GPUs that support it, float32 on CPU), "
+                    "float32, bfloat16. One dtype per run, so each base is loaded once; LoRA weights stay float32.")
 
 
 @dataclass
@@ -255,6 +258,8 @@ def _validate(config: PawConfig, origin_name: str) -> None:
     action = config.experiment_management.existing_experiment_action
     check(action in EXISTING_EXPERIMENT_ACTIONS,
           f"experiment_management.existing_experiment_action {action!r} is not one of {', '.join(EXISTING_EXPERIMENT_ACTIONS)}")
+    check(config.default_experiment.dtype in MODEL_DTYPES,
+          f"default_experiment.dtype {config.default_experiment.dtype!r} is not one of {', '.join(MODEL_DTYPES)}")
     check(config.data.source in DATA_SOURCES, f"data.source {config.data.source!r} is not one of {', '.join(DATA_SOURCES)}")
     check(config.tracking.swanlab_mode in SWANLAB_MODES,
           f"tracking.swanlab_mode {config.tracking.swanlab_mode!r} is not one of {', '.join(SWANLAB_MODES)}")

@@ -79,9 +79,9 @@ def plan_experiment(config: PawConfig, tasks: list[str], *, selected: set[int], 
                                                    interactive)
     steps_dir = folder / "steps"
     ev = config.evaluation
-    eval_inputs = {"tasks": tasks, "split": ev.split, "sample_ratio": ev.sample_ratio, "limit": ev.limit,
+    eval_inputs = {"dtype": config.default_experiment.dtype, "tasks": tasks, "split": ev.split, "sample_ratio": ev.sample_ratio, "limit": ev.limit,
                    "data": config.data.source, "data_dir": config.paths.data_dir}
-    train_inputs = {"tasks": tasks, "training": vars(config.training) | {"devices": None, "strategy": None,
+    train_inputs = {"dtype": config.default_experiment.dtype, "tasks": tasks, "training": vars(config.training) | {"devices": None, "strategy": None,
                                                                           "num_nodes": None},
                     "lora": config.lora.resolved(), "data": config.data.source, "data_dir": config.paths.data_dir}
     supplied_adapter = config.default_experiment.source_adapter
@@ -203,6 +203,13 @@ def run_pipeline(config: PawConfig, *, steps: set[int] | None = None, skip_train
     return [run_plan(plan, config) for plan in plans]
 
 
+def _base(config: PawConfig, name: str) -> Any:
+    """The shared, cached base: every step loads it the same way, so it is loaded once per run."""
+    from paw.models import load_base
+
+    return load_base(name, models_dir=config.paths.models_dir, dtype=config.default_experiment.dtype)
+
+
 # --- the steps -------------------------------------------------------------------------------------------
 
 
@@ -215,7 +222,7 @@ def _evaluate(config: PawConfig, model: str, adapter: Path | None, tasks: list[s
         sample_ratio=ev.sample_ratio, batch_size=ev.default_batch_size, split=ev.split, limit=ev.limit,
         output_dir=out, data_source=config.data.source, data_dir=config.paths.data_dir,
         models_dir=config.paths.models_dir, devices=config.training.devices,
-        strategy=config.training.strategy)
+        strategy=config.training.strategy, dtype=config.default_experiment.dtype)
     experiment_dir = next(p.parent for p in out.parents if p.name == "steps")
     return {"tasks": {task: {"metrics": entry["metrics"],
                              "records": str(Path(entry["records"]).resolve().relative_to(experiment_dir.resolve()))}
@@ -234,7 +241,7 @@ def _train_and_evaluate(config: PawConfig, model: str, tasks: list[str], out: Pa
         precision=tr.precision, max_length=tr.max_length, devices=tr.devices, strategy=tr.strategy,
         num_nodes=tr.num_nodes, val_every_n_steps=tr.val_every_n_steps, output_dir=str(out / "runs"),
         swanlab_mode="disabled", data_source=config.data.source, data_dir=config.paths.data_dir,
-        models_dir=config.paths.models_dir))
+        models_dir=config.paths.models_dir), model=_base(config, model))
     summary = _evaluate(config, model, Path(result.adapter_dir), tasks, out / "eval")
     train = {"steps": result.steps, "final_loss": result.final_loss, "reused": result.reused,
              **{k: result.info.get(k) for k in ("wall_time_s", "tokens_per_s", "tokens", "peak_memory_mb")}}
@@ -247,7 +254,8 @@ def _transfer(config: PawConfig, source_adapter: Path, source: str, target: str,
 
     tc = config.transfer
     result = transfer_adapter(
-        source_adapter, source_model=source, target_model=target, method=method, output_dir=out / "adapter",
+        source_adapter, source_model=_base(config, source), target_model=_base(config, target), method=method,
+        output_dir=out / "adapter",
         rank=tc.rank, similarity_threshold=tc.similarity_threshold, calibration_tasks=tasks,
         calibration_size=tc.calibration_size, distill_steps=tc.distill_steps, models_dir=config.paths.models_dir,
         data_source=config.data.source, data_dir=config.paths.data_dir)
