@@ -13,6 +13,7 @@ from tiny import _CORPUS
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from paw.errors import PawError
+from paw.tasks import MCItem
 from paw.transfer import format_report_table, transfer_adapter
 from paw.transfer.adapter_io import read_adapter
 from paw.transfer.weight_methods import index_similarity, module_similarity
@@ -217,9 +218,19 @@ def test_threshold_skips_dissimilar_modules(source, tiny_model, adapter, tmp_pat
 def test_distillation_lowers_teacher_student_kl(tiny_model, source, adapter, tmp_path, texts):
     target = load(tiny_model("llama", hidden=96, kv_heads=4))
     result = transfer_adapter(adapter, source_model=source, target_model=target, method="paw", output_dir=tmp_path / "out",
-                              calibration_texts=texts[:4], distill_steps=6, distill_lr=3e-3)
-    first, last = result.report["distill_kl_first_last"]
-    assert last < first
+                              calibration_texts=texts[:4], distill_steps=6)
+    losses = result.report["distill_kl"]
+    assert result.report["distill_over"] == "next tokens" and losses[-1] < losses[0]
+
+
+def test_distillation_over_answer_options_of_items(tiny_model, source, adapter, tmp_path):
+    item = MCItem(id="0", task="toy", contexts=("Question: Which city is the capital of France?\nAnswer:",) * 3,
+                  continuations=(" Paris", " Rome", " the sea"), choices=("Paris", "Rome", "the sea"), gold=0)
+    target = load(tiny_model("llama", hidden=96, kv_heads=4))
+    result = transfer_adapter(adapter, source_model=source, target_model=target, method="copy",
+                              output_dir=tmp_path / "out", calibration_items=[item], distill_steps=8)
+    losses = result.report["distill_kl"]  # one item: every step sees the same options
+    assert result.report["distill_over"] == "answer options" and sum(losses[4:]) / 4 < losses[0] / 2, losses
 
 
 def test_bad_inputs_raise_one_line_errors_and_write_nothing(tiny_model, source, source_dir, adapter, tmp_path):

@@ -15,6 +15,7 @@ from torch import nn
 from paw.errors import PawError
 from paw.io import atomic_directory, atomic_write_json
 from paw.progress import track
+from paw.tasks import MCItem
 from paw.transfer.adapter_io import LoraAdapter, factor_lowrank, read_adapter, write_adapter
 from paw.transfer.calibration import PairedBatch, model_device, paired_batches, shift_agreement
 from paw.transfer.distill import distill_updates, shared_vocabulary
@@ -73,20 +74,19 @@ def _resolve_base(spec: Any, models_dir: str | Path | None) -> _Base:
     return _Base(str(name), model, tokenizer)
 
 
-def task_prompts(tasks: list[str], size: int, source: str = "embedded", data_dir: str | Path | None = None) -> list[str]:
-    """Up to `size` unlabeled prompts (the items' contexts, never their answers) spread evenly over `tasks`,
-    from each task's train split where it has one (so evaluation items stay unseen)."""
+def task_items(tasks: list[str], size: int, source: str = "embedded", data_dir: str | Path | None = None) -> list[MCItem]:
+    """Up to `size` items spread evenly over `tasks`, from each task's train split where it has one (so
+    evaluation items stay unseen). Transfer reads their contexts and options, never their gold answers."""
     from paw.tasks import available_splits, load_items
 
     per_task = -(-size // max(len(tasks), 1))
-    prompts: list[str] = []
+    items: list[MCItem] = []
     for task in tasks:
         splits = available_splits(task, source=source, data_dir=data_dir)
         split = "train" if "train" in splits else next(iter(splits), None)
-        items = load_items(task, split, source=source, data_dir=data_dir)
-        stride = max(1, len(items) // per_task)
-        prompts.extend(item.contexts[0] for item in items[::stride][:per_task])
-    return prompts[:size]
+        task_items_all = load_items(task, split, source=source, data_dir=data_dir)
+        items.extend(task_items_all[:: max(1, len(task_items_all) // per_task)][:per_task])
+    return items[:size]
 
 
 def _module_pairs(
@@ -204,10 +204,11 @@ def transfer_adapter(
     rank: int | None = None,
     similarity_threshold: float = 0.0,
     calibration_texts: list[str] | None = None,
+    calibration_items: list[MCItem] | None = None,
     calibration_tasks: list[str] | None = None,
     calibration_size: int = 128,
     distill_steps: int = 0,
-    distill_lr: float = 1e-3,
+    distill_lr: float = 1e-4,
     basis_rank: int | None = None,
     ridge: float = 1e-4,
     fit_scale: bool = True,
@@ -221,8 +222,10 @@ def transfer_adapter(
     """Move the LoRA adapter in `source_adapter_dir` from `source_model` to `target_model`.
 
     Models are names (resolved by `paw.models.load_base` with `models_dir`), LoadedModel-like objects or
-    (model, tokenizer) pairs. Calibration prompts are `calibration_texts`, else the unlabeled contexts of
-    `calibration_tasks` items (from `data_source` / `data_dir`); at most `calibration_size` are used. Writes a PEFT adapter for the target and `transfer_report.json` into `output_dir` (atomically).
+    (model, tokenizer) pairs. Calibration prompts are `calibration_texts`, else the contexts of
+    `calibration_items`, else of items of `calibration_tasks` (from `data_source` / `data_dir`); at most
+    `calibration_size`, of which an eighth (when 16+) is held out to measure `shift_agreement`. With items,
+    distillation matches the teacher's distribution over each item's answer options (gold never read). Writes a PEFT adapter for the target and `transfer_report.json` into `output_dir` (atomically).
     `similarity_threshold` in [0, 1] skips modules whose normalised similarity is lower (see docs/transfer.md);
     `basis_rank` is the SVD basis size of lora-x / cross-lora (None: all singular directions); `ridge` is the
     relative regulariser of paw's linear maps; `distill_steps` > 0 refines the result against the source+LoRA
@@ -237,12 +240,16 @@ def transfer_adapter(
         raise PawError(f"rank {rank} must be a positive integer; omit it to keep the source adapter's rank")
     adapter = read_adapter(source_adapter_dir)
     needs_text = method == "paw" or distill_steps > 0
-    if needs_text and not calibration_texts and calibration_tasks:
-        calibration_texts = task_prompts(calibration_tasks, calibration_size, data_source, data_dir)
+    items: list[MCItem] = []
+    if not calibration_texts:
+        items = list(calibration_items or [])[:calibration_size]
+        if not items and calibration_tasks:
+            items = task_items(calibration_tasks, calibration_size, data_source, data_dir)
+        calibration_texts = [item.contexts[0] for item in items]
     if needs_text and not calibration_texts:
         raise PawError(
             f"method {method!r}{' with distillation' if distill_steps else ''} needs unlabeled calibration texts; "
-            "pass calibration_texts or calibration_tasks (CLI: --calibration_file or --dataset)"
+            "pass calibration_texts, calibration_items or calibration_tasks (CLI: --calibration_file or --dataset)"
         )
     source, target = _resolve_base(source_model, models_dir), _resolve_base(target_model, models_dir)
     layers_s, layers_t = layer_structure(source.model), layer_structure(target.model)
@@ -252,6 +259,7 @@ def transfer_adapter(
     # An eighth of the prompts (when there are 16+) is kept out of fitting to check the result.
     held_out = texts[len(texts) - len(texts) // 8 :] if len(texts) >= 16 else []
     fit_texts = texts[: len(texts) - len(held_out)]
+    fit_items = items[: len(fit_texts)]
 
     def pair_up(chunk: list[str]) -> list[PairedBatch]:
         return paired_batches(
@@ -304,7 +312,17 @@ def transfer_adapter(
     vocab = shared_vocabulary(source.tokenizer, target.tokenizer) if texts else None
     if distill_steps > 0:
         updates, distill_losses = distill_updates(
-            source.model, target.model, source_updates, updates, [b.subsample(256) for b in batches], vocab, steps=distill_steps, rank=out_rank, lr=distill_lr
+            source.model,
+            target.model,
+            source_updates,
+            updates,
+            steps=distill_steps,
+            rank=out_rank,
+            lr=distill_lr,
+            batches=[b.subsample(256) for b in batches],
+            vocab=vocab,
+            items=fit_items,
+            tokenizers=(source.tokenizer, target.tokenizer),
         )
     agreement = None
     if texts:
@@ -338,7 +356,8 @@ def transfer_adapter(
         "scale_fit": scale_fit,
         "shift_agreement": agreement,
         "distill_steps": distill_steps,
-        "distill_kl_first_last": [distill_losses[0], distill_losses[-1]] if distill_losses else None,
+        "distill_over": ("answer options" if fit_items else "next tokens") if distill_steps else None,
+        "distill_kl": distill_losses,
         "wall_time_s": round(time.monotonic() - started, 3),
         "peak_memory_mb": round(_peak_memory_mb(model_device(target.model)), 1),
     }

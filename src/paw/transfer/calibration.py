@@ -175,14 +175,9 @@ def added_updates(model: nn.Module, updates: dict[str, tuple[torch.Tensor, torch
             handle.remove()
 
 
-def position_logprobs(model: nn.Module, batch: ModelBatch, vocab_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Next-token log-probabilities (fp32) at the batch's aligned positions, optionally over a vocabulary subset.
-
-    The output head runs on the aligned positions only (from the final hidden states), never on every
-    position times the whole vocabulary; final-logit soft-capping (gemma2) is applied as the model does.
-    """
-    out = model(**batch.inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
-    hidden = out.hidden_states[-1][batch.rows, batch.cols]
+def head_logprobs(model: nn.Module, hidden: torch.Tensor, vocab_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token log-probabilities (fp32) from final hidden states (n, d), optionally over a vocabulary subset;
+    final-logit soft-capping (gemma2) is applied as the model does."""
     head = model.get_output_embeddings()
     weight = head.weight if vocab_ids is None else head.weight[vocab_ids]
     logits = (hidden.to(weight.dtype) @ weight.T).float()
@@ -192,6 +187,17 @@ def position_logprobs(model: nn.Module, batch: ModelBatch, vocab_ids: torch.Tens
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return torch.log_softmax(logits, dim=-1)
+
+
+def final_hidden(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Hidden states after the final norm, (batch, seq, d); the output head runs on one position only."""
+    return model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+
+
+def position_logprobs(model: nn.Module, batch: ModelBatch, vocab_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token log-probabilities at the batch's aligned positions: the output head runs on those positions
+    only, never on every position times the whole vocabulary."""
+    return head_logprobs(model, final_hidden(model, batch.inputs)[batch.rows, batch.cols], vocab_ids)
 
 
 def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """Optional refinement: fine-tune the transferred factors so target+ΔW_t imitates source+ΔW_s (no labels).
 
-Teacher and student next-token distributions are compared at character-aligned positions over the
-vocabulary both tokenizers share (tokens decoding to the same string), renormalised on that set.
+Without items, teacher and student next-token distributions are compared at character-aligned positions over
+the vocabulary both tokenizers share (tokens decoding to the same string), renormalised on that set. With
+multiple-choice items, they are compared over each item's answer options (softmax of the options' summed
+continuation log-likelihoods); the gold answer is never read.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from torch import nn
 from paw.errors import PawError
 from paw.progress import Progress
 from paw.transfer.adapter_io import factor_lowrank
-from paw.transfer.calibration import PairedBatch, added_updates, kl_divergence, position_logprobs
+from paw.tasks import MCItem
+from paw.transfer.calibration import PairedBatch, added_updates, final_hidden, head_logprobs, kl_divergence, position_logprobs
 
 
 def shared_vocabulary(source_tokenizer: Any, target_tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,28 +42,80 @@ def shared_vocabulary(source_tokenizer: Any, target_tokenizer: Any) -> tuple[tor
     return torch.tensor([texts_s[t] for t in shared]), torch.tensor([texts_t[t] for t in shared])
 
 
+def option_logprobs(model: nn.Module, tokenizer: Any, item: MCItem, max_tokens: int = 512) -> torch.Tensor:
+    """log-softmax over an item's options of each option's summed continuation log-likelihood.
+
+    Continuation tokens are those ending after the context's last character (found by offsets), so each
+    tokenizer scores the same characters."""
+    device = next(model.parameters()).device
+    encodings = [
+        tokenizer(context + continuation, return_offsets_mapping=True, truncation=True, max_length=max_tokens)
+        for context, continuation in zip(item.contexts, item.continuations)
+    ]
+    length = max(len(e["input_ids"]) for e in encodings)
+    ids = torch.zeros(len(encodings), length, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    rows, cols, targets = [], [], []
+    for row, (encoding, context) in enumerate(zip(encodings, item.contexts)):
+        n = len(encoding["input_ids"])
+        ids[row, :n], mask[row, :n] = torch.tensor(encoding["input_ids"]), 1
+        for position in range(1, n):
+            start, end = encoding["offset_mapping"][position]
+            if end > start and end > len(context):
+                rows.append(row)
+                cols.append(position - 1)  # the logits at position-1 predict token `position`
+                targets.append(encoding["input_ids"][position])
+    hidden = final_hidden(model, {"input_ids": ids.to(device), "attention_mask": mask.to(device)})
+    rows_t = torch.tensor(rows, device=device)
+    token_logprobs = head_logprobs(model, hidden[rows_t, torch.tensor(cols, device=device)])
+    picked = token_logprobs.gather(1, torch.tensor(targets, device=device)[:, None]).squeeze(1)
+    scores = torch.zeros(len(encodings), device=device).index_add(0, rows_t, picked)
+    return torch.log_softmax(scores, dim=0)
+
+
 def distill_updates(
     source: nn.Module,
     target: nn.Module,
     source_updates: dict[str, tuple[torch.Tensor, torch.Tensor]],
     target_updates: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    batches: list[PairedBatch],
-    vocab: tuple[torch.Tensor, torch.Tensor],
     *,
     steps: int,
     rank: int,
-    lr: float = 1e-3,
+    lr: float = 1e-4,
+    batches: list[PairedBatch] | None = None,
+    vocab: tuple[torch.Tensor, torch.Tensor] | None = None,
+    items: list[MCItem] | None = None,
+    tokenizers: tuple[Any, Any] | None = None,
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[float]]:
     """`steps` Adam steps on rank-`rank` target factors (starting from `target_updates`); returns them and the
-    KL(teacher ‖ student) per step."""
-    batches = [b for b in batches if b.num_positions > 0]
+    KL(teacher ‖ student) per step. Over answer options when `items` (and `tokenizers`) are given, else over
+    next tokens at the aligned positions of `batches` restricted to `vocab`."""
     device = next(target.parameters()).device
-    ids_s, ids_t = vocab[0].to(next(source.parameters()).device), vocab[1].to(device)
+    if items:
+        pool = items
+
+        def teacher_student(item: MCItem) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.no_grad(), added_updates(source, source_updates):
+                teacher = option_logprobs(source, tokenizers[0], item).to(device)
+            with added_updates(target, params):
+                return teacher, option_logprobs(target, tokenizers[1], item)
+    else:
+        pool = [b for b in batches if b.num_positions > 0]
+        ids_s, ids_t = vocab[0].to(next(source.parameters()).device), vocab[1].to(device)
+
+        def teacher_student(batch: PairedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.no_grad(), added_updates(source, source_updates):
+                teacher = position_logprobs(source, batch.source, ids_s).to(device)
+            with added_updates(target, params):
+                return teacher, position_logprobs(target, batch.target, ids_t)
+
     params: dict[str, tuple[nn.Parameter, nn.Parameter]] = {}
     for name, (B, A) in target_updates.items():
         B_r, A_r = factor_lowrank(B, A, rank)
         params[name] = (nn.Parameter(B_r.to(device)), nn.Parameter(A_r.to(device)))
     optimizer = torch.optim.Adam([p for pair in params.values() for p in pair], lr=lr)
+    # Linear decay to zero: the start is already close, so late steps must not overshoot it.
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / steps)
     was_training = target.training
     target.eval()  # no dropout: the student must match a deterministic teacher
     frozen = [p for p in target.parameters() if p.requires_grad]
@@ -70,15 +125,12 @@ def distill_updates(
     try:
         with Progress(steps, "transfer: distill", unit="step") as progress:
             for step in range(steps):
-                batch = batches[step % len(batches)]
-                with torch.no_grad(), added_updates(source, source_updates):
-                    teacher = position_logprobs(source, batch.source, ids_s).to(device)
-                with added_updates(target, params):
-                    student = position_logprobs(target, batch.target, ids_t)
+                teacher, student = teacher_student(pool[step % len(pool)])
                 loss = kl_divergence(teacher, student)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+                schedule.step()
                 losses.append(float(loss.detach()))
                 progress.set_postfix(f"kl={losses[-1]:.4g}")
                 progress.update(1)

@@ -52,6 +52,7 @@ class Moments:
 
     aa: torch.Tensor
     ba: torch.Tensor
+    bb_trace: float = 0.0  # Σ ‖b‖², to judge how much the index map E explains
     count: int = 0
 
     @classmethod
@@ -61,12 +62,22 @@ class Moments:
     def add(self, a: torch.Tensor, b: torch.Tensor) -> None:
         self.aa += a.T @ a
         self.ba += b.T @ a
+        self.bb_trace += float(b.pow(2).sum())
         self.count += a.shape[0]
 
     def merged(self, other: Moments) -> Moments:
         """Both sample sets in one fit, `other` reweighted to carry the same total energy as self."""
         weight = float(self.aa.trace()) / max(float(other.aa.trace()), 1e-30)
-        return Moments(self.aa + weight * other.aa, self.ba + weight * other.ba, self.count + other.count)
+        return Moments(
+            self.aa + weight * other.aa, self.ba + weight * other.ba, self.bb_trace + weight * other.bb_trace,
+            self.count + other.count,
+        )
+
+    def index_map_explains(self) -> float:
+        """1 − Σ‖b − E a‖² / Σ‖b‖²: the share of b the index map E (identity, cropped / padded) explains."""
+        k = min(self.ba.shape)
+        residual = self.bb_trace - 2 * float(self.ba.diagonal()[:k].sum()) + float(self.aa.diagonal()[:k].sum())
+        return 1.0 - residual / max(self.bb_trace, 1e-30)
 
 
 @dataclass
@@ -76,21 +87,23 @@ class PairStats:
 
 
 def ridge_map(moments: Moments, ridge: float):
-    """(M·, Mᵀ·) for M = (Σ b aᵀ + λE)(Σ a aᵀ + λI)⁻¹, E the index (identity, cropped / padded) map.
+    """(M·, Mᵀ·) for the ridge regression b ≈ M a: M = (Σ b aᵀ + λP)(Σ a aᵀ + λI)⁻¹.
 
-    The ridge pulls M toward E rather than toward zero: directions the calibration data never excites keep
-    the index correspondence instead of being erased, and identical bases give exactly M = I whatever λ.
+    The prior P is the index map E (identity, cropped / padded) when E already explains most of b (related
+    bases: fine-tunes, shared sub-spaces, identical models, which then get exactly M = I whatever λ), else 0 (the
+    usual ridge: directions the data does not determine are left out rather than mapped arbitrarily).
     """
     lam = ridge_lambda(moments.aa, ridge)
+    prior = lam if moments.index_map_explains() > 0.5 else 0.0
     b_dim, a_dim = moments.ba.shape
 
     def apply(u: torch.Tensor) -> torch.Tensor:
         z = shifted_solve(moments.aa, lam, u)
-        return moments.ba @ z + lam * crop_pad(z, b_dim, z.shape[1])
+        return moments.ba @ z + prior * crop_pad(z, b_dim, z.shape[1])
 
     def apply_t(v: torch.Tensor) -> torch.Tensor:
         v = v.double().to(moments.ba.device)
-        return shifted_solve(moments.aa, lam, moments.ba.T @ v + lam * crop_pad(v, a_dim, v.shape[1]))
+        return shifted_solve(moments.aa, lam, moments.ba.T @ v + prior * crop_pad(v, a_dim, v.shape[1]))
 
     return apply, apply_t
 
