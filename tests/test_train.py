@@ -62,8 +62,10 @@ class CaptureLogits(L.Callback):
     def __init__(self, input_ids: torch.Tensor) -> None:
         self.input_ids = input_ids
         self.logits: torch.Tensor | None = None
+        self.trainable: list[str] = []
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.trainable = [name for name, param in pl_module.named_parameters() if param.requires_grad]
         pl_module.model.eval()
         with torch.no_grad():
             self.logits = pl_module.model(input_ids=self.input_ids.to(pl_module.device)).logits.cpu()
@@ -165,6 +167,7 @@ def test_training_lowers_loss_and_the_saved_adapter_reloads(arch: str, tiny_mode
     weights = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
     assert len(weights) == 4 * 7 * 2  # layers x (q, k, v, o, gate, up, down) x (lora_A, lora_B), nothing else
     assert all(".lora_A." in k or ".lora_B." in k for k in weights)
+    assert len(capture.trainable) == len(weights) and all(".lora_" in name for name in capture.trainable)
     adapter_config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == str(model_dir)
     info = json.loads((result.adapter_dir / "paw_run.json").read_text())
@@ -180,14 +183,20 @@ def test_training_lowers_loss_and_the_saved_adapter_reloads(arch: str, tiny_mode
     assert not loaded.model.training and not any("lora" in name for name, _ in loaded.model.named_modules())
 
 
-def test_identical_run_is_reused_and_force_retrains(tiny_model, tmp_path: Path, caplog) -> None:
+def test_identical_run_is_reused_and_force_retrains(tiny_model, tmp_path: Path, caplog, monkeypatch) -> None:
     model_dir = tiny_model("llama")
     loaded = load_base(str(model_dir))
     items = {"fixture": fixture_items(16)}
-    config = config_for(model_dir, tmp_path, max_steps=3, val_every_n_steps=2, val_size=4)
+    monkeypatch.delenv("SWANLAB_MODE", raising=False)  # the default tracking: SwanLab offline, no account needed
+    config = config_for(model_dir, tmp_path, max_steps=3, val_every_n_steps=2, val_size=4, swanlab_mode=None)
     first = train_lora(config, model=loaded, items=items)
     assert not first.reused and first.best_adapter_dir is not None
     assert (first.best_adapter_dir / "adapter_model.safetensors").is_file()
+    assert list((first.run_dir / "swanlab").glob("run-*"))
+    val_rows = [row for row in map(json.loads, (first.run_dir / "metrics.jsonl").read_text().splitlines())
+                if "val/acc" in row]
+    assert [row["step"] for row in val_rows] == [1, 2]  # after steps 2 and 3 (the last)
+    assert first.info["best"]["val_acc"] == max(row["val/acc"] for row in val_rows)
     assert first.run_dir.name.startswith(f"{model_dir.name}__fixture__")
     written = (first.adapter_dir / "adapter_model.safetensors").stat().st_mtime_ns
 

@@ -65,5 +65,8 @@ def finish_swanlab() -> None:
     """Close the SwanLab run after success (SwanLab's Lightning logger only closes failed runs itself)."""
     import swanlab
 
-    if swanlab.get_run() is not None:
-        swanlab.finish()
+    try:
+        swanlab.get_run()
+    except RuntimeError:  # no active run: it was never started, or already closed as crashed
+        return
+    swanlab.finish()

@@ -12,6 +12,11 @@ import torch
 from paw.errors import PawError
 
 
+def is_lora_key(name: str) -> bool:
+    """Whether a state-dict entry is a LoRA weight (the only trainable ones; names as PEFT gives them)."""
+    return ".lora_" in name
+
+
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     """LR factor: linear warmup to 1 over warmup_steps, then cosine decay to 0 at total_steps."""
     if step < warmup_steps:
@@ -38,9 +43,6 @@ class LoraModule(L.LightningModule):
         self._step_loss_sum = torch.zeros(())
         self._train_start = 0.0
         self._restored_rng: dict[str, torch.Tensor] = {}
-
-    def trainable_names(self) -> set[str]:
-        return {name for name, param in self.named_parameters() if param.requires_grad}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -87,8 +89,7 @@ class LoraModule(L.LightningModule):
                 "tokens_per_s": tokens / max(seconds, 1e-9), "train_time_s": seconds}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        trainable = self.trainable_names()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if is_lora_key(k)}
         checkpoint["paw_rng"] = {"cpu": self._gather(torch.get_rng_state())}
         if torch.cuda.is_available() and self.device.type == "cuda":
             checkpoint["paw_rng"]["cuda"] = self._gather(torch.cuda.get_rng_state(self.device))

@@ -38,7 +38,7 @@ from paw.train.config import (
 )
 from paw.train.data import GoldDataset, PlannedBatches, collate, data_hash, hold_out, mixed_items
 from paw.train.loggers import JsonlLogger, finish_swanlab, swanlab_logger
-from paw.train.module import LoraModule
+from paw.train.module import LoraModule, is_lora_key
 from paw.train.validation import Validation
 
 log = logging.getLogger("paw.train")
@@ -201,8 +201,7 @@ def save_adapter(trainer: L.Trainer, pl_module: LoraModule, target: Path, run_in
     """
     state = trainer.strategy.lightning_module_state_dict()
     if trainer.is_global_zero:
-        trainable = pl_module.trainable_names()
-        lora_state = {name.removeprefix("model."): tensor for name, tensor in state.items() if name in trainable}
+        lora_state = {name.removeprefix("model."): tensor for name, tensor in state.items() if is_lora_key(name)}
         with atomic_directory(target) as tmp:
             pl_module.model.save_pretrained(tmp, state_dict=lora_state)
             (tmp / RUN_INFO_FILE).write_text(_json(run_info), encoding="utf-8")
