@@ -15,7 +15,7 @@ from torch import nn
 from paw.errors import PawError
 from paw.io import atomic_directory, atomic_write_json
 from paw.progress import track
-from paw.tasks import MCItem
+from paw.tasks.items import MCItem
 from paw.transfer.adapter_io import LoraAdapter, factor_lowrank, read_adapter, write_adapter
 from paw.transfer.calibration import PairedBatch, model_device, paired_batches, shift_agreement
 from paw.transfer.distill import distill_updates, shared_vocabulary
@@ -176,6 +176,34 @@ def _combine(
     return updates, rows
 
 
+def _paw_updates(
+    source: _Base,
+    target: _Base,
+    layers_s: LayerStructure,
+    layers_t: LayerStructure,
+    pairs: list[ModulePair],
+    batches: list[PairedBatch],
+    threshold: float,
+    rank: int,
+    ridge: float,
+    memory_budget_gb: float,
+) -> tuple[Updates, list[dict[str, Any]]]:
+    """paw's closed-form updates, one chunk of target layers (one calibration pass) at a time."""
+    updates: Updates = {}
+    rows: list[dict[str, Any]] = []
+    for chunk, stats in paw_statistics(source.model, target.model, layers_s, layers_t, pairs, batches, memory_budget_gb):
+        results, covariances = [], {}
+        for pair, pair_stats in zip(chunk, stats):
+            w_s = linear_weight(source.model, pair.source).detach().float()
+            w_t = linear_weight(target.model, pair.target).detach().float()
+            results.append((pair, *paw_pair_update(pair, pair_stats, w_s, w_t, ridge)))
+            covariances[pair.target] = pair_stats.inputs.aa / max(pair_stats.inputs.count, 1)
+        chunk_updates, chunk_rows = _combine(results, threshold, rank, covariances)
+        updates.update(chunk_updates)
+        rows.extend(chunk_rows)
+    return updates, rows
+
+
 def _calibration_note(positions: int, pairs: list[ModulePair], source: _Base, target: _Base) -> str:
     """A warning when paw's maps have fewer aligned positions than ~4x the widest module input they fit."""
     widest = max(
@@ -225,7 +253,8 @@ def transfer_adapter(
     (model, tokenizer) pairs. Calibration prompts are `calibration_texts`, else the contexts of
     `calibration_items`, else of items of `calibration_tasks` (from `data_source` / `data_dir`); at most
     `calibration_size`, of which an eighth (when 16+) is held out to measure `shift_agreement`. With items,
-    distillation matches the teacher's distribution over each item's answer options (gold never read). Writes a PEFT adapter for the target and `transfer_report.json` into `output_dir` (atomically).
+    distillation matches the teacher's distribution over each item's answer options (gold never read).
+    Writes a PEFT adapter for the target and `transfer_report.json` into `output_dir` (atomically).
     `similarity_threshold` in [0, 1] skips modules whose normalised similarity is lower (see docs/transfer.md);
     `basis_rank` is the SVD basis size of lora-x / cross-lora (None: all singular directions); `ridge` is the
     relative regulariser of paw's linear maps; `distill_steps` > 0 refines the result against the source+LoRA
@@ -282,18 +311,9 @@ def transfer_adapter(
 
     scale_fit: dict[str, float] = {}
     if method == "paw":
-        updates: Updates = {}
-        rows: list[dict[str, Any]] = []
-        for chunk, stats in paw_statistics(source.model, target.model, layers_s, layers_t, pairs, batches, memory_budget_gb):
-            results, covariances = [], {}
-            for pair, pair_stats in zip(chunk, stats):
-                w_s = linear_weight(source.model, pair.source).detach().float()
-                w_t = linear_weight(target.model, pair.target).detach().float()
-                results.append((pair, *paw_pair_update(pair, pair_stats, w_s, w_t, ridge)))
-                covariances[pair.target] = pair_stats.inputs.aa / max(pair_stats.inputs.count, 1)
-            chunk_updates, chunk_rows = _combine(results, similarity_threshold, out_rank, covariances)
-            updates.update(chunk_updates)
-            rows.extend(chunk_rows)
+        updates, rows = _paw_updates(
+            source, target, layers_s, layers_t, pairs, batches, similarity_threshold, out_rank, ridge, memory_budget_gb
+        )
     else:
         results = _weight_method_updates(method, pairs, source, target, basis_rank)
         updates, rows = _combine(results, similarity_threshold, out_rank)

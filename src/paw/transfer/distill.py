@@ -16,7 +16,7 @@ from torch import nn
 from paw.errors import PawError
 from paw.progress import Progress
 from paw.transfer.adapter_io import factor_lowrank
-from paw.tasks import MCItem
+from paw.tasks.items import MCItem
 from paw.transfer.calibration import PairedBatch, added_updates, final_hidden, head_logprobs, kl_divergence, position_logprobs
 
 
