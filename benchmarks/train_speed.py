@@ -56,8 +56,9 @@ def plain_loop(loaded: Any, items: list[MCItem], config: TrainConfig) -> tuple[f
 
     lora = lora_settings(config)
     torch.manual_seed(config.seed)
-    model = get_peft_model(loaded.model, LoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
-                                                    target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+                             target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    model = get_peft_model(loaded.model, peft_config)
     model.train()
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]

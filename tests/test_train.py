@@ -253,3 +253,22 @@ def test_command_line_maps_onto_the_config() -> None:
     config = config_from_args(args)
     assert config == TrainConfig(model="m", datasets=["arc-challenge", "piqa"], lr=2e-4, preset="full",
                                  target_modules=["q_proj", "v_proj"], resume=True, devices=2, strategy="ddp")
+
+
+def test_paw_train_command_trains_on_task_data_in_bf16(tiny_model, tmp_path: Path, capsys) -> None:
+    from paw.cli import main
+
+    model_dir = tiny_model("llama")
+    cached = load_base(str(model_dir))
+    before = cached.model.model.layers[0].self_attn.q_proj.weight.clone()
+    argv = ["train", "--model", str(model_dir), "--dataset", "ARC_Easy", "--max-steps", "2", "--batch-size", "2",
+            "--precision", "bf16-true", "--output-dir", str(tmp_path), "--swanlab-mode", "disabled"]
+    assert main(argv) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    (run_dir,) = tmp_path.iterdir()
+    info = json.loads((run_dir / "adapter" / "paw_run.json").read_text())
+    assert info["data"]["tasks"] == ["arc-easy"] and info["data"]["train_items"] > 1000
+    assert load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))  # bf16 LoRA weights, saved
+    # bf16-true trained on a bf16 copy: the float32 base in the cache is untouched.
+    assert torch.equal(cached.model.model.layers[0].self_attn.q_proj.weight, before)
+    assert main(argv) == 0 and "reused the finished identical run" in capsys.readouterr().out

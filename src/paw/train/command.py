@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(**{spec.name: getattr(args, spec.name) for spec in fields(TrainConfig) if hasattr(args, spec.name)})
+    given = {spec.name: getattr(args, spec.name) for spec in fields(TrainConfig) if hasattr(args, spec.name)}
+    return TrainConfig(**given)
 
 
 def main(args: argparse.Namespace) -> int:

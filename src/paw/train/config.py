@@ -74,7 +74,8 @@ class TrainConfig:
     output_dir: str = _f("runs", "Folder that holds one subfolder per run.")
     force: bool = _f(False, "Retrain even when an identical finished run exists.")
     resume: bool = _f(False, "Continue an interrupted run from its last checkpoint.")
-    swanlab_mode: str | None = _f(None, "SwanLab mode: disabled, offline, local, cloud (default: SWANLAB_MODE or offline).")
+    swanlab_mode: str | None = _f(None, "SwanLab mode: disabled, offline, local, cloud "
+                                        "(default: SWANLAB_MODE, else offline).")
     data_source: str = _f("embedded", "Where task data comes from: embedded, hub, local.")
     data_dir: str | None = _f(None, "Folder of task files for data_source=local.")
     models_dir: str | None = _f(None, "Folder holding local models as NAME/ subfolders.")
@@ -133,7 +134,8 @@ def resolve_target_modules(model: torch.nn.Module, requested: tuple[str, ...]) -
     if missing:
         if architecture not in LLAMA_LAYOUT_ARCHITECTURES:
             raise PawError(
-                f"architecture {architecture!r} has no preset module names ({', '.join(LLAMA_LAYOUT_ARCHITECTURES)} do); "
+                f"architecture {architecture!r} has no preset module names "
+                f"({', '.join(LLAMA_LAYOUT_ARCHITECTURES)} do); "
                 f"its linear modules are: {', '.join(available)}; pass --target_modules with some of these"
             )
         raise PawError(

@@ -93,7 +93,8 @@ class PlannedBatches(Sampler[list[int]]):
             yield [self._example(position) for position in range(first, first + self.batch_size)]
 
 
-def hold_out(items: Mapping[str, list[MCItem]], val_size: int, seed: int) -> tuple[dict[str, list[MCItem]], list[MCItem]]:
+def hold_out(items: Mapping[str, list[MCItem]], val_size: int,
+             seed: int) -> tuple[dict[str, list[MCItem]], list[MCItem]]:
     """Split each task's train items into training items and a seeded validation slice of up to val_size items."""
     train, validation = {}, []
     for task, task_items in items.items():

@@ -50,8 +50,9 @@ class LoraModule(L.LightningModule):
         # All ranks agree, so they stop together instead of hanging in the next all-reduce.
         if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
             raise PawError(
-                f"training loss became {float(loss.detach())} at step {self.trainer.global_step + 1}; stopped, the last "
-                f"good checkpoint is kept; lower --lr (now {self.lr:g}) or --max_grad_norm, or use --precision 32"
+                f"training loss became {float(loss.detach())} at step {self.trainer.global_step + 1}; stopped, "
+                f"the last good checkpoint (if any) is kept; lower --lr (now {self.lr:g}) or --max_grad_norm, "
+                "or use --precision 32"
             )
         if batch_idx % self.grad_accum == 0:
             self._step_loss_sum = loss.detach()

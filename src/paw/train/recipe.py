@@ -11,7 +11,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -24,7 +24,9 @@ from torch.utils.data import DataLoader
 from paw import __version__
 from paw.errors import PawError
 from paw.io import atomic_directory
+from paw.models import load_base
 from paw.progress import lightning_progress_callback
+from paw.tasks import canonical_task_name, load_items
 from paw.tasks.items import MCItem
 from paw.train.checkpoint import PeriodicCheckpoint, SafetensorsCheckpointIO, is_checkpoint, read_global_step
 from paw.train.config import (
@@ -72,7 +74,11 @@ def train_lora(config: TrainConfig, *, model: Any = None, items: Mapping[str, li
     started = time.perf_counter()
 
     # Data and run identity: the same base, data, LoRA settings, hyper-parameters and seed reuse a finished run.
-    items = dict(items) if items is not None else _load_train_items(config)
+    if items is None:
+        # `ARC_Easy` and `arc-easy` are one task, so they name one run.
+        config = replace(config, datasets=[canonical_task_name(task) for task in config.datasets])
+        items = _load_train_items(config)
+    items = dict(items)
     validation_items: list[MCItem] = []
     if config.val_every_n_steps:
         items, validation_items = hold_out(items, config.val_size, config.seed)
@@ -94,8 +100,11 @@ def train_lora(config: TrainConfig, *, model: Any = None, items: Mapping[str, li
 
     # Model: LoRA layers go onto the (possibly cached) base and come off again at the end.
     loaded = model if model is not None else _load_base(config)
-    base, tokenizer = loaded.model, loaded.tokenizer
     precision = resolve_precision(config.precision)
+    if precision == "bf16-true" and loaded.dtype != torch.bfloat16:
+        # Lightning would cast the shared base to bf16 in place; train on the cache's bf16 copy of it instead.
+        loaded = load_base(loaded.ref.location, dtype=torch.bfloat16, device=loaded.device)
+    base, tokenizer = loaded.model, loaded.tokenizer
     L.seed_everything(config.seed, verbose=False)
     with _lora_attached(loaded, lora) as peft_model:
         module = LoraModule(peft_model, lr=config.lr, weight_decay=config.weight_decay,
@@ -220,15 +229,11 @@ class AdapterWriter(L.Callback):
 
 
 def _load_train_items(config: TrainConfig) -> dict[str, list[MCItem]]:
-    from paw.tasks import load_items
-
     return {task: load_items(task, "train", source=config.data_source, data_dir=config.data_dir)
             for task in config.datasets}
 
 
 def _load_base(config: TrainConfig) -> Any:
-    from paw.models import load_base
-
     return load_base(config.model, models_dir=config.models_dir)
 
 
@@ -240,7 +245,8 @@ def _lora_attached(loaded: Any, lora: LoraSettings) -> Iterator[torch.nn.Module]
 
     base = loaded.model
     if loaded.adapter is not None:
-        raise PawError(f"model {loaded.ref.name!r} carries adapter {loaded.adapter}; train on a plain base from load_base")
+        raise PawError(f"model {loaded.ref.name!r} carries adapter {loaded.adapter}; "
+                       "train on a plain base from load_base")
     targets = resolve_target_modules(base, lora.target_modules)
     param = next(base.parameters())
     device, dtype, training = param.device, param.dtype, base.training
