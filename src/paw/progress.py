@@ -59,6 +59,7 @@ class Progress:
         self.start = clock()
         self._last_emit = self.start
         self._last_fraction_step = 0
+        self._last_emitted_n = -1
         self._closed = False
 
     def set_postfix(self, text: str) -> None:
@@ -85,7 +86,8 @@ class Progress:
         if self._closed:
             return
         self._closed = True
-        if self.mode != "off":
+        # A plain line for this count is already out (e.g. the 30 s line at 100%): don't repeat it.
+        if self.mode == "bar" or (self.mode == "plain" and self.n != self._last_emitted_n):
             self._emit(self.clock(), final=True)
 
     def _line(self, now: float) -> str:
@@ -104,6 +106,7 @@ class Progress:
 
     def _emit(self, now: float, final: bool) -> None:
         self._last_emit = now
+        self._last_emitted_n = self.n
         line = self._line(now)
         if self.mode == "bar":
             width = 24
