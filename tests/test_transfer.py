@@ -298,3 +298,22 @@ def test_paw_truncation_is_weighted_by_the_inputs_the_module_sees(source, adapte
         plain = (u[:, :2] * s[:2]) @ vh[:2]
         weighted_error = (x @ (after.modules[name].delta() - module.delta()).T).norm()
         assert weighted_error <= (x @ (plain - module.delta()).T).norm() * 1.001, name
+
+
+def test_layer_maps_preserve_order_for_deeper_and_shallower_targets():
+    from paw.transfer.layer_map import monotone_layer_map, relative_depth_map
+
+    assert relative_depth_map(4, 6) == [0, 2, 3, 5] and relative_depth_map(6, 4) == [0, 1, 1, 2, 2, 3]
+    # similarity peaked on a known monotone path; the DP must find it exactly
+    deeper = torch.full((4, 6), 0.1)
+    for i, j in enumerate([0, 1, 4, 5]):
+        deeper[i, j] = 1.0
+    assert monotone_layer_map(deeper) == [0, 1, 4, 5]
+    shallower = torch.full((6, 4), 0.1)
+    for i, j in enumerate([0, 0, 1, 3, 3, 3]):
+        shallower[i, j] = 1.0
+    assert monotone_layer_map(shallower) == [0, 0, 1, 3, 3, 3]
+    # a strictly increasing map is kept even when similarity pulls two layers onto one target layer
+    crowded = torch.full((3, 3), 0.0)
+    crowded[:, 1] = 1.0
+    assert monotone_layer_map(crowded) == [0, 1, 2]
