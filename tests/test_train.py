@@ -31,6 +31,15 @@ QUESTIONS = [
 ANSWERS = [" carbon dioxide", " 100 degrees Celsius", " Paris", " Twist the lid"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared machine spinning threads slow everyone down."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def fixture_items(n: int = 24, task: str = "fixture") -> list[MCItem]:
     """Questions whose gold answer always follows the question, at alternating choice positions."""
     items = []
