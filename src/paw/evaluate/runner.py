@@ -154,12 +154,14 @@ def evaluate_model(
     only rank 0 writes files.
     """
     from paw.models import attached_adapter, load_base
+    from paw.models.load import resolve_device, resolve_dtype
 
     output_dir = Path(output_dir)
     target = resolve_target(model_name_or_adapter, base_model_path)
     task_items = _task_items(list(tasks), split, sample_ratio, limit, data_source, data_dir)
     settings = {"sample_ratio": sample_ratio, "limit": limit, "data_source": data_source,
-                "data_dir": str(data_dir) if data_dir else None, "dtype": dtype}  # fmt: skip
+                "data_dir": str(data_dir) if data_dir else None,
+                "dtype": str(resolve_dtype(dtype, resolve_device(None)))}  # "auto" differs by machine  # fmt: skip
     plan = {}
     for task, (task_split, items) in task_items.items():
         folder = output_dir / target.label / task
@@ -178,9 +180,8 @@ def evaluate_model(
                 task_split, items = task_items[task]
                 folder, fingerprint, _ = plan[task]
                 results[task] = _evaluate_task(
-                    model, loaded, target, task, task_split, items, folder, {"fingerprint": fingerprint},
-                    settings | run,
-                )  # fmt: skip
+                    model, loaded, target, task, task_split, items, folder, fingerprint, settings | run
+                )
     summary = {"model": target.label, "tasks": {task: results[task] for task in plan}}
     if is_global_zero():
         summary |= write_tables(output_dir)
@@ -195,7 +196,7 @@ def _evaluate_task(
     split: str,
     items: list[MCItem],
     folder: Path,
-    identity: dict[str, str],
+    fingerprint: str,
     config: dict[str, Any],
 ) -> dict[str, Any]:
     """Score one task, write its files (rank 0), return its result."""
@@ -220,7 +221,7 @@ def _evaluate_task(
         "adapter": str(target.adapter) if target.adapter else None,
         "task": task,
         "split": split,
-        **identity,
+        "fingerprint": fingerprint,
         "config": config | {"max_length": max_length, "device": str(loaded.device), "model_dtype": str(loaded.dtype)},
         "versions": _versions(),
         "metrics": compute_metrics(records),
