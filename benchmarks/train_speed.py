@@ -102,7 +102,10 @@ def main() -> None:
     parser.add_argument("--preset", default="conservative")
     parser.add_argument("--precision", default="bf16-mixed", choices=["32", "bf16-mixed"])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     loaded = load_base(args.model)
     items = load_items(args.task, "train")[: args.items]
