@@ -233,6 +233,11 @@ def test_resume_after_a_kill_continues_like_an_uninterrupted_run(tiny_model, tmp
     with pytest.raises(RuntimeError, match="simulated kill"):
         train_lora(killed, model=loaded, items=items, callbacks=[CrashAt(5)])
     assert not (tmp_path / "b" / whole.run_dir.name / "adapter").exists()
+    checkpoint = tmp_path / "b" / whole.run_dir.name / "checkpoints" / "last"
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["state.json", "tensors.safetensors"]  # no pickle
+    state = json.loads((checkpoint / "state.json").read_text())
+    assert state["global_step"] == 4 and state["paw_data"]["next_micro_batch"] == 8
+    assert state["state_dict"] and all(".lora_" in key for key in state["state_dict"])  # no base weights
     killed.resume = True
     with caplog.at_level(logging.INFO, logger="paw.train"):
         resumed = train_lora(killed, model=loaded, items=items)
@@ -281,3 +286,15 @@ def test_paw_train_command_trains_on_task_data_in_bf16(tiny_model, tmp_path: Pat
     # bf16-true trained on a bf16 copy: the float32 base in the cache is untouched.
     assert torch.equal(cached.model.model.layers[0].self_attn.q_proj.weight, before)
     assert main(argv) == 0 and "reused the finished identical run" in capsys.readouterr().out
+
+
+class OutOfMemoryAtFirstBatch(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_out_of_memory_says_which_setting_to_lower(tiny_model, tmp_path: Path) -> None:
+    model_dir = tiny_model("llama")
+    with pytest.raises(PawError, match=r"lower --batch_size \(now 4\).*--grad_accum.*--max_length"):
+        train_lora(config_for(model_dir, tmp_path), model=load_base(str(model_dir)), items={"fixture": fixture_items(8)},
+                   callbacks=[OutOfMemoryAtFirstBatch()])

@@ -71,9 +71,10 @@ def load_tree(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     return join_tensors(json.loads((Path(path) / STATE_FILE).read_text(encoding="utf-8")), tensors)
 
 
-def read_global_step(path: Path) -> int:
-    """The optimizer step a checkpoint was taken at, without loading its tensors."""
-    return int(json.loads((Path(path) / STATE_FILE).read_text(encoding="utf-8"))["global_step"])
+def read_position(path: Path) -> tuple[int, int]:
+    """(optimizer step, next micro-batch of the data order) a checkpoint was taken at, without loading tensors."""
+    state = json.loads((Path(path) / STATE_FILE).read_text(encoding="utf-8"))
+    return int(state["global_step"]), int(state["paw_data"]["next_micro_batch"])
 
 
 def is_checkpoint(path: Path) -> bool:

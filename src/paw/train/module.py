@@ -91,6 +91,9 @@ class LoraModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if is_lora_key(k)}
+        # Where each rank's data stream continues (PlannedBatches counts micro-batches per rank).
+        checkpoint["paw_data"] = {"next_micro_batch": self.trainer.global_step * self.grad_accum,
+                                  "world_size": self.trainer.world_size}
         checkpoint["paw_rng"] = {"cpu": self._gather(torch.get_rng_state())}
         if torch.cuda.is_available() and self.device.type == "cuda":
             checkpoint["paw_rng"]["cuda"] = self._gather(torch.cuda.get_rng_state(self.device))

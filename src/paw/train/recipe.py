@@ -28,7 +28,7 @@ from paw.models import load_base
 from paw.progress import lightning_progress_callback
 from paw.tasks import canonical_task_name, load_items
 from paw.tasks.items import MCItem
-from paw.train.checkpoint import PeriodicCheckpoint, SafetensorsCheckpointIO, is_checkpoint, read_global_step
+from paw.train.checkpoint import PeriodicCheckpoint, SafetensorsCheckpointIO, is_checkpoint, read_position
 from paw.train.config import (
     LoraSettings,
     TrainConfig,
@@ -93,7 +93,7 @@ def train_lora(config: TrainConfig, *, model: Any = None, items: Mapping[str, li
         log.info("reusing the finished identical run in %s (pass --force to retrain)", run_dir)
         return _result(run_dir, finished, reused=True)
 
-    resume_step = _resume_step(config, checkpoint_dir)
+    resume_step, start_batch = _resume_position(config, checkpoint_dir)
     if resume_step is None:
         shutil.rmtree(checkpoint_dir.parent, ignore_errors=True)
         shutil.rmtree(best_dir, ignore_errors=True)
@@ -174,7 +174,7 @@ def train_lora(config: TrainConfig, *, model: Any = None, items: Mapping[str, li
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         batches = PlannedBatches(len(train_items), config.batch_size, config.max_steps * config.grad_accum, config.seed,
                                  rank=trainer.global_rank, world_size=trainer.world_size,
-                                 start_batch=(resume_step or 0) * config.grad_accum)
+                                 start_batch=start_batch)
         loader = DataLoader(GoldDataset(train_items, tokenizer, config.max_length), batch_sampler=batches,
                             collate_fn=partial(collate, pad_id=pad_id),
                             generator=torch.Generator().manual_seed(config.seed))
@@ -279,20 +279,20 @@ def _strategy(name: str, base: torch.nn.Module) -> Any:
     return FSDPStrategy(auto_wrap_policy=layer_classes, use_orig_params=True, state_dict_type="full")
 
 
-def _resume_step(config: TrainConfig, checkpoint_dir: Path) -> int | None:
-    """The step to resume from, or None to start over."""
+def _resume_position(config: TrainConfig, checkpoint_dir: Path) -> tuple[int | None, int]:
+    """(step, next micro-batch) to resume from, or (None, 0) to start over."""
     if not is_checkpoint(checkpoint_dir):
         if config.resume:
             log.info("no checkpoint in %s; starting from step 0", checkpoint_dir)
-        return None
-    step = read_global_step(checkpoint_dir)
+        return None, 0
+    step, next_micro_batch = read_position(checkpoint_dir)
     if not config.resume or config.force:
         log.info("starting over; a checkpoint at step %d exists (pass --resume to continue it)", step)
-        return None
+        return None, 0
     if config.strategy == "fsdp":
         raise PawError("resuming is supported with strategy auto or ddp, not fsdp; rerun without --resume")
     log.info("resuming from step %d (%s)", step, checkpoint_dir)
-    return step
+    return step, next_micro_batch
 
 
 def _finished_run(adapter_dir: Path, fingerprint: str) -> dict[str, Any] | None:
