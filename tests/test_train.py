@@ -298,3 +298,12 @@ def test_out_of_memory_says_which_setting_to_lower(tiny_model, tmp_path: Path) -
     with pytest.raises(PawError, match=r"lower --batch_size \(now 4\).*--grad_accum.*--max_length"):
         train_lora(config_for(model_dir, tmp_path), model=load_base(str(model_dir)), items={"fixture": fixture_items(8)},
                    callbacks=[OutOfMemoryAtFirstBatch()])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_fsdp_on_cpu_is_a_one_line_error(tiny_model, tmp_path: Path) -> None:
+    model_dir = tiny_model("llama")
+    loaded = load_base(str(model_dir))
+    with pytest.raises(PawError, match="strategy fsdp needs CUDA GPUs"):
+        train_lora(config_for(model_dir, tmp_path, strategy="fsdp"), model=loaded, items={"fixture": fixture_items(8)})
+    assert not any("lora" in name for name, _ in loaded.model.named_modules())  # LoRA removed after the error

@@ -272,6 +272,8 @@ def _lora_attached(loaded: Any, lora: LoraSettings) -> Iterator[torch.nn.Module]
 def _strategy(name: str, base: torch.nn.Module) -> Any:
     if name != "fsdp":
         return name
+    if not torch.cuda.is_available():
+        raise PawError("strategy fsdp needs CUDA GPUs (Lightning shards on GPUs only); on CPU use --strategy ddp")
     from lightning.pytorch.strategies import FSDPStrategy
 
     # Shard by decoder layer; use_orig_params lets frozen base and trainable LoRA weights share FSDP units.
