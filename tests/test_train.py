@@ -307,3 +307,23 @@ def test_fsdp_on_cpu_is_a_one_line_error(tiny_model, tmp_path: Path) -> None:
     with pytest.raises(PawError, match="strategy fsdp needs CUDA GPUs"):
         train_lora(config_for(model_dir, tmp_path, strategy="fsdp"), model=loaded, items={"fixture": fixture_items(8)})
     assert not any("lora" in name for name, _ in loaded.model.named_modules())  # LoRA removed after the error
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_answer_loss_equals_the_models_own_labels_loss(tiny_model, arch):
+    from transformers import AutoModelForCausalLM
+
+    from paw.train.module import answer_loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model(arch), attn_implementation="eager")
+    torch.manual_seed(0)
+    input_ids = torch.randint(3, 300, (3, 12))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 9:] = 0  # a right-padded row
+    labels = torch.full_like(input_ids, -100)
+    labels[0, 8:12] = input_ids[0, 8:12]
+    labels[1, 6:9] = input_ids[1, 6:9]
+    labels[2, 11] = input_ids[2, 11]
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    expected = model(**batch).loss
+    assert torch.allclose(answer_loss(model, batch), expected, atol=1e-5)

@@ -159,7 +159,9 @@ def lightning_progress_callback() -> Any:
             if self._bar is not None:
                 loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
                 if loss is not None and hasattr(loss, "item"):
-                    self._bar.set_postfix(f"loss={float(loss.item()):.4f}")
+                    # Lightning hands back the loss divided by the accumulation factor; show the batch's own.
+                    scale = max(self.trainer.accumulate_grad_batches, 1)
+                    self._bar.set_postfix(f"loss={float(loss.item()) * scale:.4f}")
                 self._bar.update(1)
 
         def _stop(self) -> None:

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 
 from paw.errors import PawError
+from paw.train.data import IGNORE_INDEX
 
 
 def is_lora_key(name: str) -> bool:
@@ -23,6 +24,23 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
         return (step + 1) / (warmup_steps + 1)
     progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def answer_loss(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens, the same value as the model's own `labels` loss.
+
+    The vocabulary projection runs only at the positions that predict an answer token (`logits_to_keep` with a
+    mask keeps the model's own soft-capping): with Gemma's 262k vocabulary it would otherwise cost more than the
+    rest of the model.
+    """
+    labels = batch["labels"]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep,
+                   use_cache=False).logits
+    if logits.dim() != 2:
+        raise PawError(f"{type(model).__name__} ignores logits_to_keep masks; PAW needs transformers >= 5.18")
+    return torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][keep[:, :-1]])
 
 
 class LoraModule(L.LightningModule):
@@ -45,8 +63,7 @@ class LoraModule(L.LightningModule):
         self._restored_rng: dict[str, torch.Tensor] = {}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          labels=batch["labels"]).loss
+        loss = answer_loss(self.model, batch)
         # All ranks agree, so they stop together instead of hanging in the next all-reduce.
         if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
             raise PawError(
