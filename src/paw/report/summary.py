@@ -85,7 +85,8 @@ def analyse(experiment_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
                     row["recovery"] = {"judged": False, "note": (
                         f"target-trained gain {trained_gain['value']:+.1f} pts is below {MIN_TRAINED_GAIN_POINTS:.0f}: "
                         "too small to judge recovery")}
-            if source_gain is not None and abs(source_gain["value"]) >= MIN_TRAINED_GAIN_POINTS:
+            # Retention needs a real source gain to be a ratio of anything.
+            if source_gain is not None and source_gain["value"] >= MIN_TRAINED_GAIN_POINTS:
                 row["retention"] = row["gain"]["value"] / source_gain["value"]
             methods[method] = row
         analysis[task] = {"accuracy": accuracy, "methods": methods, "trained_gain": trained_gain,
