@@ -7,6 +7,7 @@ a wrong type or an invalid value is one `PawError` that names the key and the fi
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -25,9 +26,21 @@ MODEL_DTYPES = ("auto", "float32", "bfloat16")
 SWANLAB_MODES = ("disabled", "offline", "local", "cloud", "online")
 
 
+# Users' YAML presets: conservative adapts attention queries and values only, full adapts every projection.
+LORA_PRESETS: dict[str, dict[str, Any]] = {
+    "conservative": {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"]},
+    "standard": {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+    "full": {
+        "r": 32,
+        "lora_alpha": 64,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    },
+}
+
+
 def _f(default: Any, help: str, **kwargs: Any) -> Any:
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help}, **kwargs)
     return field(default=default, metadata={"help": help}, **kwargs)
 
 
@@ -61,15 +74,7 @@ class LoraConfig:
     target_modules: list[str] = _f(["q_proj", "v_proj"], "Module names LoRA adapts.")
     preset: str | None = _f(None, "Name of an entry in lora.presets to use instead of r/lora_alpha/target_modules.")
     presets: dict[str, dict[str, Any]] = _f(
-        {
-            "conservative": {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"]},
-            "standard": {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
-            "full": {
-                "r": 32,
-                "lora_alpha": 64,
-                "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-            },
-        },
+        copy.deepcopy(LORA_PRESETS),
         "Named LoRA settings: {name: {r, lora_alpha, target_modules, lora_dropout}}.",
     )
 

@@ -11,18 +11,9 @@ from typing import Any
 
 import torch
 
+from paw.config import LORA_PRESETS as PRESETS
 from paw.errors import PawError
 
-# Users' YAML presets: conservative adapts attention queries and values only, full adapts every projection.
-PRESETS: dict[str, dict[str, Any]] = {
-    "conservative": {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"]},
-    "standard": {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
-    "full": {
-        "r": 32,
-        "lora_alpha": 64,
-        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    },
-}
 DEFAULT_PRESET = "conservative"
 
 # Architectures whose projection modules carry the preset names (HF's Llama layout).
