@@ -176,7 +176,8 @@ def test_every_method_loads_on_a_wider_other_vocab_target(method, wide_target, s
     assert config["r"] == 2 and config["base_model_name_or_path"] == result.report["target_model"]
     assert rel_error(logits(*target, tmp_path / "out"), logits(*target)) > 1e-3
     table = format_report_table(result.report)
-    rows = [line.split()[0] for line in table.splitlines()[2:] if line.split()[0] != "note:"][1:]
+    lines = table.splitlines()
+    rows = [line.split()[0] for line in lines[next(i for i, line in enumerate(lines) if line.startswith("module")) + 1 :]]
     assert sorted(row.split(".")[-1] for row in rows) == sorted(ALL_MODULES)
 
 
