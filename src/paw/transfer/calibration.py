@@ -93,6 +93,12 @@ def paired_batches(
     """Tokenize `texts` for both models and keep, per batch, the aligned positions (same order in both)."""
     if not texts:
         raise PawError("no calibration texts; pass some unlabeled prompts (--calibration_file or --dataset)")
+    for tokenizer in (source_tokenizer, target_tokenizer):
+        if not getattr(tokenizer, "is_fast", False):
+            raise PawError(
+                f"{type(tokenizer).__name__} gives no character offsets; paw pairs tokens by offsets and needs a "
+                "fast tokenizer; load the model with its tokenizer.json (AutoTokenizer use_fast=True)"
+            )
     batches = []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
