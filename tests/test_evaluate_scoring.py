@@ -180,3 +180,23 @@ def test_same_records_as_lm_eval(tiny_model):
         ours = [(ll, g) for r in score_items(model, tokenizer, ITEMS) for ll, g in zip(r.loglikelihoods, r.is_greedy)]
         assert max(abs(a[0] - b[0]) for a, b in zip(theirs, ours)) < 1e-4
         assert [a[1] for a in theirs] == [b[1] for b in ours]
+
+
+def test_is_greedy_when_the_continuation_is_the_argmax(tiny_model):
+    model, tokenizer = _load(tiny_model("qwen2"))
+
+    def greedy_text(context: str) -> str | None:
+        """The model's greedy next token as text, if that text encodes back to the same token after the context."""
+        ids = tokenizer(context)["input_ids"]
+        with torch.no_grad():
+            token = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+        text = tokenizer.decode([token])
+        return text if tokenizer(context + text)["input_ids"] == ids + [token] else None
+
+    contexts = [f"{JAR}{'x' * n}" for n in range(12)] + [item.contexts[0] for item in ITEMS if item.contexts[0]]
+    context, text = next((c, t) for c in contexts if (t := greedy_text(c.rstrip())) is not None)
+    item = MCItem("g", "t", (context.rstrip(),) * 2, (text, text + " water"), ("a", "b"), 0)
+    (fast,) = score_items(model, tokenizer, [item])
+    (reference,) = score_items_reference(model, tokenizer, [item])
+    assert fast.is_greedy[0] and reference.is_greedy[0]
+    assert fast.is_greedy == reference.is_greedy

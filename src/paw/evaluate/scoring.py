@@ -326,9 +326,16 @@ def score_packed(model: Any, batch: Sequence[PackedItem]) -> list[tuple[list[flo
     # log_softmax(x)[t] = x[t] - logsumexp(x), per kept position once (a shared position may score several
     # choices' first tokens): two passes over the vocabulary instead of materialising log-probabilities.
     logits = logits.float()
-    log_normaliser = logits.logsumexp(-1)
-    token_ll = (logits[lines_t, targets_t] - log_normaliser[lines_t]).cpu()
-    token_greedy = (logits.argmax(-1)[lines_t] == targets_t).cpu()
+    row_max = logits.amax(-1)
+    log_normaliser = row_max + (logits - row_max[:, None]).exp_().sum(-1).log_()
+    target_logits = logits[lines_t, targets_t]
+    token_ll = (target_logits - log_normaliser[lines_t]).cpu()
+    # Greedy means argmax == target. Only a target at its row's maximum can be; argmax (first maximum, the
+    # tie rule) then runs on those few rows instead of a third pass over every row's vocabulary.
+    token_greedy = target_logits == row_max[lines_t]
+    if token_greedy.any():
+        token_greedy[token_greedy.clone()] = logits[lines_t[token_greedy]].argmax(-1) == targets_t[token_greedy]
+    token_greedy = token_greedy.cpu()
     out, cursor = [], 0
     for row in batch:
         lls, greedy = [], []
