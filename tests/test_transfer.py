@@ -318,3 +318,16 @@ def test_layer_maps_preserve_order_for_deeper_and_shallower_targets():
     crowded = torch.full((3, 3), 0.0)
     crowded[:, 1] = 1.0
     assert monotone_layer_map(crowded) == [0, 1, 2]
+
+
+def test_positions_pair_tokens_that_end_at_the_same_character(source, wide_target):
+    from paw.transfer.calibration import aligned_positions
+
+    text = "Goal: keep bread fresh. Solution: store it in a sealed bag at room temperature."
+    enc_s = source[1](text, return_offsets_mapping=True)
+    enc_t = wide_target[1](text, return_offsets_mapping=True)
+    pairs = aligned_positions(enc_s["offset_mapping"], enc_t["offset_mapping"])
+    assert len(enc_s["input_ids"]) != len(enc_t["input_ids"]) and len(pairs) > 5  # different cuts, many shared ends
+    for i, j in pairs:
+        assert enc_s["offset_mapping"][i][1] == enc_t["offset_mapping"][j][1]
+    assert pairs[-1] == (len(enc_s["input_ids"]) - 1, len(enc_t["input_ids"]) - 1)  # both have read the whole text
