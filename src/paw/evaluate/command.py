@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models_list", nargs="+", default=[], metavar="MODEL",
                         help="Base models (embedded name, folder under --models_dir, path, hub id) or adapter folders.")
     parser.add_argument("--adapter", action="append", default=[], metavar="DIR",
-                        help="A LoRA adapter folder to evaluate (repeatable); on --base_model_path or its recorded base.")
+                        help="LoRA adapter folder to evaluate (repeatable), on --base_model_path or its recorded base.")
     parser.add_argument("--base_model_path", default=None, metavar="MODEL",
                         help="The base the adapters are attached to (default: the base recorded in each adapter).")
     parser.add_argument("--dataset", action="append", default=[], metavar="TASK", required=True,

@@ -68,7 +68,9 @@ def paired_bootstrap(
     return {"value": value, "low": float(low), "high": float(high), "dropped": int(len(samples) - len(finite))}
 
 
-def bootstrap_interval(records: Sequence[ItemRecord], metric: str = "acc", **kwargs: float | int) -> tuple[float, float]:
+def bootstrap_interval(
+    records: Sequence[ItemRecord], metric: str = "acc", **kwargs: float | int
+) -> tuple[float, float]:
     """Percentile bootstrap interval of one run's accuracy."""
     result = paired_bootstrap([records], lambda acc: acc, metric=metric, **kwargs)
     return result["low"], result["high"]
@@ -89,7 +91,9 @@ def paired_bootstrap_diff(
     )
 
 
-def mcnemar(records_a: Sequence[ItemRecord], records_b: Sequence[ItemRecord], *, metric: str = "acc") -> dict[str, float]:
+def mcnemar(
+    records_a: Sequence[ItemRecord], records_b: Sequence[ItemRecord], *, metric: str = "acc"
+) -> dict[str, float]:
     """Exact (binomial) McNemar test on items where exactly one of two runs is right.
 
     Returns `a_only` (a right, b wrong), `b_only`, `n` items and the two-sided `p_value`.

@@ -126,7 +126,7 @@ def _versions() -> dict[str, str]:
 
     import paw
 
-    return {"paw": paw.__version__, **{package: version(package) for package in ("torch", "transformers", "peft", "lightning")}}
+    return {"paw": paw.__version__, **{name: version(name) for name in ("torch", "transformers", "peft", "lightning")}}
 
 
 def evaluate_model(
@@ -211,7 +211,8 @@ def _evaluate_task(
                 model, rows, batch_size=config["batch_size"], devices=config["devices"], strategy=config["strategy"]
             )
         else:
-            scores = score_rows(model, rows, batch_size=config["batch_size"], progress_desc=f"eval {target.label} {task}")
+            desc = f"eval {target.label} {task}"
+            scores = score_rows(model, rows, batch_size=config["batch_size"], progress_desc=desc)
         records = make_records(items, scores, rows)
     tokens = sum(len(row) for row in rows)  # tokens run through the model (each shared prefix once)
     result = {

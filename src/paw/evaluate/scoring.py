@@ -252,7 +252,8 @@ def _attention_masks(model: Any, branches: torch.Tensor, positions: torch.Tensor
     config = getattr(config, "text_config", None) or config
     index = torch.arange(branches.shape[1], device=branches.device)
     q_branch, k_branch = branches[:, :, None], branches[:, None, :]
-    allowed = (index[None, :, None] >= index[None, None, :]) & (k_branch >= 0) & ((k_branch == 0) | (k_branch == q_branch))
+    causal = index[None, :, None] >= index[None, None, :]
+    allowed = causal & (k_branch >= 0) & ((k_branch == 0) | (k_branch == q_branch))
     allowed |= torch.eye(branches.shape[1], dtype=torch.bool, device=branches.device)[None]
 
     def sliding() -> torch.Tensor:
@@ -323,19 +324,7 @@ def score_packed(model: Any, batch: Sequence[PackedItem]) -> list[tuple[list[flo
             targets += target
     lines_t = torch.tensor(lines, device=logits.device)
     targets_t = torch.tensor(targets, device=logits.device)
-    # log_softmax(x)[t] = x[t] - logsumexp(x), per kept position once (a shared position may score several
-    # choices' first tokens): two passes over the vocabulary instead of materialising log-probabilities.
-    logits = logits.float()
-    row_max = logits.amax(-1)
-    log_normaliser = row_max + (logits - row_max[:, None]).exp_().sum(-1).log_()
-    target_logits = logits[lines_t, targets_t]
-    token_ll = (target_logits - log_normaliser[lines_t]).cpu()
-    # Greedy means argmax == target. Only a target at its row's maximum can be; argmax (first maximum, the
-    # tie rule) then runs on those few rows instead of a third pass over every row's vocabulary.
-    token_greedy = target_logits == row_max[lines_t]
-    if token_greedy.any():
-        token_greedy[token_greedy.clone()] = logits[lines_t[token_greedy]].argmax(-1) == targets_t[token_greedy]
-    token_greedy = token_greedy.cpu()
+    token_ll, token_greedy = _target_scores(logits, lines_t, targets_t)
     out, cursor = [], 0
     for row in batch:
         lls, greedy = [], []
@@ -345,6 +334,22 @@ def score_packed(model: Any, batch: Sequence[PackedItem]) -> list[tuple[list[flo
             cursor += len(target)
         out.append((lls, greedy))
     return out
+
+
+def _target_scores(
+    logits: torch.Tensor, lines: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log P(target) and whether target == argmax (first maximum, lm-eval's rule) for each (line, target).
+
+    Each kept position is normalised once even when it scores several choices' first tokens. Memory traffic
+    over the vocabulary dominates here, so: one max pass (value and first index), then logsumexp in place on
+    the fp32 logits, which this function owns.
+    """
+    logits = logits.float()
+    row_max, row_argmax = logits.max(-1)
+    target_logits = logits[lines, targets]
+    log_normaliser = row_max + logits.sub_(row_max[:, None]).exp_().sum(-1).log_()
+    return (target_logits - log_normaliser[lines]).cpu(), (row_argmax[lines] == targets).cpu()
 
 
 def _is_oom(error: BaseException) -> bool:
@@ -417,12 +422,14 @@ def score_rows(
     return scores
 
 
-def make_records(items: Sequence[MCItem], scores: dict[int, tuple[list[float], list[bool]]], rows: Sequence[PackedItem]) -> list[ItemRecord]:
+def make_records(
+    items: Sequence[MCItem], scores: dict[int, tuple[list[float], list[bool]]], rows: Sequence[PackedItem]
+) -> list[ItemRecord]:
     """Turn per-choice scores into `ItemRecord`s, in item order, with lm-eval's acc and acc_norm predictions."""
     records = []
     for i, item in enumerate(items):
         lls, greedy = scores[i]
-        norm = [ll / len(choice) if len(choice) else float("-inf") for ll, choice in zip(lls, item.choices, strict=True)]
+        norm = [ll / len(c) if len(c) else float("-inf") for ll, c in zip(lls, item.choices, strict=True)]
         records.append(
             ItemRecord(
                 id=item.id,
