@@ -238,7 +238,7 @@ def transfer_adapter(
     distill_steps: int = 0,
     distill_lr: float = 1e-4,
     basis_rank: int | None = None,
-    ridge: float = 1e-4,
+    ridge: float = 1e-3,
     fit_scale: bool = True,
     max_tokens: int = 256,
     batch_size: int = 8,
