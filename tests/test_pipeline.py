@@ -92,6 +92,12 @@ def test_six_steps_then_resume_after_a_crash_and_rerun_on_changed_lr(tiny_config
         assert f"{100 * entry['metrics']['acc']:.1f} [" in summary, label
     assert (Path(config.paths.results_dir) / config.results.csv_file).exists()
 
+    # Adapters name a base that reloads without PAW: the target for transferred ones, the source for step 2's.
+    for adapter, base in [(folder / "steps" / "3_transfer_paw" / "adapter", config.default_experiment.target_model),
+                          (Path(state["2_train_source_lora"]["summary"]["adapter"]), config.default_experiment.source_model)]:
+        recorded = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+        assert Path(recorded).resolve() == Path(base).resolve()
+
     # A changed learning rate re-runs training and everything downstream of it, but not the base evaluations.
     before = _state(folder)
     run_pipeline(tiny_config(**{"training.default_lr": "3e-4"}))

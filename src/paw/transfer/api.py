@@ -57,6 +57,7 @@ class _Base:
     name: str
     model: nn.Module
     tokenizer: Any
+    location: str  # what the written adapter names as its base: a folder or hub id that reloads with PEFT alone
 
 
 def _resolve_base(spec: Any, models_dir: str | Path | None) -> _Base:
@@ -65,13 +66,15 @@ def _resolve_base(spec: Any, models_dir: str | Path | None) -> _Base:
         from paw.models import load_base
 
         loaded = load_base(str(spec), models_dir=models_dir)
-        return _Base(str(spec), loaded.model, loaded.tokenizer)
+        return _Base(str(spec), loaded.model, loaded.tokenizer, str(loaded.ref.location))
     if isinstance(spec, tuple) and len(spec) == 2:
         model, tokenizer = spec
     else:
         model, tokenizer = spec.model, spec.tokenizer
-    name = getattr(getattr(spec, "ref", None), "name", None) or getattr(model, "name_or_path", None) or ""
-    return _Base(str(name), model, tokenizer)
+    ref = getattr(spec, "ref", None)
+    name = getattr(ref, "name", None) or getattr(model, "name_or_path", None) or ""
+    location = getattr(ref, "location", None) or getattr(model, "name_or_path", None) or name
+    return _Base(str(name), model, tokenizer, str(location))
 
 
 def task_items(tasks: list[str], size: int, source: str = "embedded", data_dir: str | Path | None = None) -> list[MCItem]:
@@ -389,7 +392,7 @@ def transfer_adapter(
             rank=out_rank,
             alpha=alpha,
             use_rslora=bool(adapter.config.get("use_rslora", False)),
-            base_model=target.name,
+            base_model=target.location,
         )
         atomic_write_json(tmp / REPORT_FILE, report)
     return TransferResult(Path(output_dir), report)
