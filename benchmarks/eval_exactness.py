@@ -9,35 +9,15 @@ more than the tolerance, is_greedy agreement, and acc / acc_norm from each side'
 
 from __future__ import annotations
 
-import argparse
-
-import torch
-
-from eval_speed import lm_eval_loglikelihoods, lm_eval_model
+from eval_speed import benchmark_setup, lm_eval_loglikelihoods, lm_eval_model
 
 from paw.evaluate.scoring import make_records, pack_items, model_max_length, score_items
 from paw.evaluate.metrics import compute_metrics
-from paw.models import load_base
-from paw.tasks import load_items
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--task", default="arc-challenge")
-    parser.add_argument("--limit", type=int, default=None, help="First N items (default: the whole split)")
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--tolerance", type=float, default=1e-3)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (on a CPU shared with other jobs 1 is often fastest)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    loaded = load_base(args.model, dtype=args.dtype)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    items = load_items(args.task)[: args.limit]
+    args, model, tokenizer, items = benchmark_setup(
+        __doc__.splitlines()[0], None, {"--tolerance": {"type": float, "default": 1e-3}})
     ours = score_items(model, tokenizer, items, batch_size=args.batch_size, progress_desc="paw")
     theirs_raw = lm_eval_loglikelihoods(lm_eval_model(model, tokenizer, args.batch_size), items)
     # lm-eval's numbers through the same acc / acc_norm rules (argmax; argmax of ll / len(choice)).

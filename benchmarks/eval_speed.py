@@ -79,23 +79,30 @@ def useful_flops(model: Any, tokenizer: Any, items: list[MCItem]) -> tuple[float
     return paw, lm
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def benchmark_setup(description: str, limit: int | None, extra: dict[str, dict[str, Any]]) -> tuple[Any, ...]:
+    """Parse the options both benchmarks share (plus `extra`), set threads, load the model and the items.
+
+    Returns (args, model, tokenizer, items)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--task", default="arc-challenge")
-    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--limit", type=int, default=limit, help="First N items (None: the whole split)")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--dtype", default="float32", help="float32 (the exact reference) or bfloat16")
-    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (on a CPU shared with other jobs 1 is often fastest)")
+    for flag, options in extra.items():
+        parser.add_argument(flag, **options)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-
     loaded = load_base(args.model, dtype=args.dtype)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    items = load_items(args.task)[: args.limit]
+    return args, loaded.model, loaded.tokenizer, load_items(args.task)[: args.limit]
+
+
+def main() -> None:
+    args, model, tokenizer, items = benchmark_setup(
+        __doc__.splitlines()[0], 200, {"--repeats": {"type": int, "default": 2}})
     lm = lm_eval_model(model, tokenizer, args.batch_size)
     runs = {
         "paw": lambda: score_items(model, tokenizer, items, batch_size=args.batch_size, progress_desc="paw"),
