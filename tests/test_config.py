@@ -124,3 +124,10 @@ def test_every_setting_has_help():
     rows = config_help()
     assert len(rows) > 40
     assert all(help_text for _, help_text, _ in rows)
+
+
+def test_config_knows_every_transfer_method():
+    from paw.config import TRANSFER_METHODS
+    from paw.transfer import METHODS
+
+    assert set(TRANSFER_METHODS) == set(METHODS)

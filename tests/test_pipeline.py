@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -110,7 +109,6 @@ def test_six_steps_then_resume_after_a_crash_and_rerun_on_changed_lr(tiny_config
 
 def test_abort_leaves_an_existing_experiment_untouched(tiny_config):
     config = tiny_config()
-    folder = Path(config.paths.experiments_dir) / "x"
     run_pipeline(config, steps={1})
     [folder] = list(Path(config.paths.experiments_dir).iterdir())
     snapshot = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
@@ -119,7 +117,6 @@ def test_abort_leaves_an_existing_experiment_untouched(tiny_config):
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == snapshot
     with pytest.raises(PawError, match="no terminal"):
         run_pipeline(tiny_config(**{"experiment_management.existing_experiment_action": "prompt"}), interactive=False)
-    shutil.rmtree(folder)
 
 
 def test_server_yaml_dry_run_prints_the_plan(capsys, tmp_path, monkeypatch):

@@ -114,15 +114,16 @@ def plan_experiment(config: PawConfig, tasks: list[str], *, selected: set[int], 
     if not supplied_adapter:
         add("2_train_source_lora", 2, fingerprint(source_train_fp, eval_inputs),
             lambda out: _train_and_evaluate(config, source, tasks, out), (source,))
+    transfer_fps = {method: fingerprint("transfer", source_train_fp, target, method,
+                                        vars(config.transfer) | {"method": None, "methods": None})
+                    for method in methods}
     for method in methods:
-        transfer_fp = fingerprint("transfer", source_train_fp, target, method, vars(config.transfer) | {"methods": None})
-        add(f"3_transfer_{method}", 3, transfer_fp,
+        add(f"3_transfer_{method}", 3, transfer_fps[method],
             lambda out, m=method: _transfer(config, source_adapter(), source, target, m, tasks, out), (source, target))
     add("4_eval_target_base", 4, fingerprint("eval", target, None, eval_inputs),
         lambda out: _evaluate(config, target, None, tasks, out), (target,))
     for method in methods:
-        transfer_fp = fingerprint("transfer", source_train_fp, target, method, vars(config.transfer) | {"methods": None})
-        add(f"5_eval_transferred_{method}", 5, fingerprint("eval", target, transfer_fp, eval_inputs),
+        add(f"5_eval_transferred_{method}", 5, fingerprint("eval", target, transfer_fps[method], eval_inputs),
             lambda out, m=method: _evaluate(config, target, transferred_adapter(m), tasks, out), (target,))
     add("6_train_target_lora", 6, fingerprint(fingerprint("train", target, train_inputs), eval_inputs),
         lambda out: _train_and_evaluate(config, target, tasks, out), (target,))
@@ -174,7 +175,7 @@ def run_plan(plan: ExperimentPlan, config: PawConfig) -> Path:
             # Release bases that no later step uses (the source after step 3), so peaks don't add up.
             later = {name for s in plan.steps[index + 1:] for name in s.uses}
             for name in set(step.uses) - later:
-                release(name)
+                release(name, models_dir=config.paths.models_dir)
             free_memory()
         results = _results(plan, config, state, ran)
         atomic_write_json(folder / "results.json", results)
