@@ -19,7 +19,7 @@ import yaml
 
 from paw.errors import PawError
 
-TRANSFER_METHODS = ("paw", "lora-x", "cross-lora", "copy")
+TRANSFER_METHODS = ("paw", "lora-x", "cross-lora", "copy", "random")
 EXISTING_EXPERIMENT_ACTIONS = ("prompt", "continue", "delete", "abort")
 DATA_SOURCES = ("embedded", "hub", "local")
 MODEL_DTYPES = ("auto", "float32", "bfloat16")

@@ -23,9 +23,10 @@ from paw.transfer.layer_map import relative_depth_map
 from paw.transfer.linalg import psd_sqrt_pair
 from paw.transfer.paw_method import ModulePair, cka_layer_map, fit_update_scale, paw_pair_update, paw_statistics
 from paw.transfer.structure import LayerStructure, layer_structure, linear_weight, split_layer_name
-from paw.transfer.weight_methods import copy_update, cross_lora_update, index_similarity, lora_x_update
+from paw.transfer.weight_methods import copy_update, cross_lora_update, index_similarity, lora_x_update, random_update
 
-METHODS = ("paw", "lora-x", "cross-lora", "copy")
+METHODS = ("paw", "lora-x", "cross-lora", "copy", "random")
+LAYER_MAPS = ("cka", "depth")
 REPORT_FILE = "transfer_report.json"
 Updates = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -93,11 +94,16 @@ def task_items(tasks: list[str], size: int, source: str = "embedded", data_dir: 
 
 
 def _module_pairs(
-    adapter: LoraAdapter, source: _Base, target: _Base, layers_s: LayerStructure, layers_t: LayerStructure, layer_map: list[int]
+    adapter: LoraAdapter, source: _Base, target: _Base, layers_s: LayerStructure, layers_t: LayerStructure,
+    layer_map: list[int], modules: tuple[str, ...] | None = None,
 ) -> tuple[list[ModulePair], list[dict[str, Any]]]:
-    """Pair every adapted source module with its target module; validate shapes. Returns (pairs, skipped rows)."""
+    """Pair every adapted source module (whose last name part is in `modules`, when given) with its target
+    module; validate shapes. Returns (pairs, skipped rows)."""
     pairs, skipped = [], []
     for name, module in adapter.modules.items():
+        if modules is not None and name.rsplit(".", 1)[-1] not in modules:
+            skipped.append({"source": name, "target": None, "reason": "not among the selected modules"})
+            continue
         weight = linear_weight(source.model, name)
         if weight is None or tuple(weight.shape) != (module.B.shape[0], module.A.shape[1]):
             found = "no such linear module" if weight is None else f"base weight {tuple(weight.shape)}"
@@ -136,6 +142,8 @@ def _weight_method_updates(
         B, A = pair.B.to(w_t.device), pair.A.to(w_t.device)
         if method == "copy":
             B_t, A_t = copy_update(B, A, w_s, w_t)
+        elif method == "random":
+            B_t, A_t = random_update(B, A, w_t, seed=len(results))
         elif method == "lora-x":
             B_t, A_t = lora_x_update(B, A, w_s.to(w_t.device), w_t, basis_rank)
         else:
@@ -240,9 +248,12 @@ def transfer_adapter(
     calibration_size: int = 128,
     distill_steps: int = 0,
     distill_lr: float = 1e-4,
+    distill_objective: str = "shift",
     basis_rank: int | None = None,
     ridge: float = 1e-3,
     fit_scale: bool = True,
+    layer_map: str | None = None,
+    modules: list[str] | tuple[str, ...] | None = None,
     max_tokens: int = 256,
     batch_size: int = 8,
     memory_budget_gb: float = 8.0,
@@ -261,17 +272,28 @@ def transfer_adapter(
     `similarity_threshold` in [0, 1] skips modules whose normalised similarity is lower (see docs/transfer.md);
     `basis_rank` is the SVD basis size of lora-x / cross-lora (None: all singular directions); `ridge` is the
     relative regulariser of paw's linear maps; `distill_steps` > 0 refines the result against the source+LoRA
-    teacher on the calibration texts.
+    teacher on the calibration texts (`distill_objective`: "shift" or "teacher", see `distill_updates`). `layer_map` is "cka" or "depth" (default: cka for paw between bases of
+    different depths, else depth); `modules` limits the transfer to source modules with these last name parts
+    (e.g. ["q_proj", "v_proj"]).
     """
     started = time.monotonic()
     if method not in METHODS:
         raise PawError(f"unknown transfer method {method!r}; valid: {', '.join(METHODS)}; pick one of them")
     if not 0.0 <= similarity_threshold <= 1.0:
         raise PawError(f"similarity_threshold {similarity_threshold} is outside [0, 1]; similarities are normalised to [0, 1]")
+    if layer_map is not None and layer_map not in LAYER_MAPS:
+        raise PawError(f"unknown layer map {layer_map!r}; valid: {', '.join(LAYER_MAPS)}")
     if rank is not None and rank < 1:
         raise PawError(f"rank {rank} must be a positive integer; omit it to keep the source adapter's rank")
     adapter = read_adapter(source_adapter_dir)
-    needs_text = method == "paw" or distill_steps > 0
+    if modules is not None:
+        modules = tuple(modules)
+        adapted = {name.rsplit(".", 1)[-1] for name in adapter.modules}
+        if not adapted & set(modules):
+            raise PawError(f"none of modules {', '.join(modules)} is adapted by {source_adapter_dir}; "
+                           f"valid: {', '.join(sorted(adapted))}")
+    layer_map = layer_map or ("cka" if method == "paw" else "depth")
+    needs_text = method == "paw" or distill_steps > 0 or layer_map == "cka"
     items: list[MCItem] = []
     if not calibration_texts:
         items = list(calibration_items or [])[:calibration_size]
@@ -306,11 +328,11 @@ def transfer_adapter(
 
     batches = pair_up(fit_texts) if needs_text else []
     cka = None
-    if method == "paw" and layers_s.num_layers != layers_t.num_layers:
-        layer_map, cka = cka_layer_map(source.model, target.model, layers_s, layers_t, batches)
+    if layer_map == "cka" and layers_s.num_layers != layers_t.num_layers:
+        layers, cka = cka_layer_map(source.model, target.model, layers_s, layers_t, batches)
     else:
-        layer_map = relative_depth_map(layers_s.num_layers, layers_t.num_layers)
-    pairs, skipped = _module_pairs(adapter, source, target, layers_s, layers_t, layer_map)
+        layers = relative_depth_map(layers_s.num_layers, layers_t.num_layers)
+    pairs, skipped = _module_pairs(adapter, source, target, layers_s, layers_t, layers, modules)
 
     scale_fit: dict[str, float] = {}
     if method == "paw":
@@ -346,6 +368,7 @@ def transfer_adapter(
             vocab=vocab,
             items=fit_items,
             tokenizers=(source.tokenizer, target.tokenizer),
+            objective=distill_objective,
         )
     agreement = None
     if texts:
@@ -368,7 +391,8 @@ def transfer_adapter(
         "rank": out_rank,
         "source_rank": adapter.rank,
         "similarity_threshold": similarity_threshold,
-        "layer_map": [[i, j] for i, j in enumerate(layer_map)],
+        "layer_map_by": layer_map,
+        "layer_map": [[i, j] for i, j in enumerate(layers)],
         "layer_cka": cka.tolist() if cka is not None else None,
         "modules": rows + skipped,
         "transferred": sorted(updates),
@@ -380,6 +404,7 @@ def transfer_adapter(
         "shift_agreement": agreement,
         "distill_steps": distill_steps,
         "distill_over": ("answer options" if fit_items else "next tokens") if distill_steps else None,
+        "distill_objective": distill_objective if distill_steps else None,
         "distill_kl": distill_losses,
         "wall_time_s": round(time.monotonic() - started, 3),
         "peak_memory_mb": round(_peak_memory_mb(model_device(target.model)), 1),

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from paw.errors import PawError
-from paw.transfer.api import METHODS, format_report_table, transfer_adapter
+from paw.transfer.api import LAYER_MAPS, METHODS, format_report_table, transfer_adapter
+from paw.transfer.distill import DISTILL_OBJECTIVES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration_size", type=int, default=128, help="Calibration prompts used (default 128).")
     parser.add_argument("--distill_steps", type=int, default=0,
                         help="Distillation steps against the source+LoRA teacher after the transfer (default 0: off).")
+    parser.add_argument("--distill_objective", choices=DISTILL_OBJECTIVES, default="shift",
+                        help="shift: the target base moved by the source LoRA's change (default); teacher: imitate "
+                             "source+LoRA itself.")
+    parser.add_argument("--layer_map", choices=LAYER_MAPS,
+                        help="Source-to-target layer map: cka (paw's default between bases of different depth) or depth.")
+    parser.add_argument("--modules", nargs="+", metavar="NAME",
+                        help="Transfer only these adapted modules, e.g. q_proj v_proj (default: all).")
     parser.add_argument("--models_dir", help="Folder of local models (see paw.models).")
 
 
@@ -55,6 +63,9 @@ def main(args: argparse.Namespace) -> int:
         calibration_tasks=args.dataset,
         calibration_size=args.calibration_size,
         distill_steps=args.distill_steps,
+        distill_objective=args.distill_objective,
+        layer_map=args.layer_map,
+        modules=args.modules,
         models_dir=args.models_dir,
     )
     print(format_report_table(result.report))

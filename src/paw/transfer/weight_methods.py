@@ -1,4 +1,5 @@
-"""Data-free transfer of one module's update from the two bases' weights alone: copy, LoRA-X, Cross-LoRA.
+"""Data-free transfer of one module's update from the two bases' weights alone: copy, LoRA-X, Cross-LoRA,
+and the `random` control.
 
 Each function takes the source factors (ΔW_s = B @ A, scale folded in), the source and target base weights,
 and returns target factors (B_t, A_t) with ΔW_t = B_t @ A_t, in the target module's shape. Without data, the
@@ -79,3 +80,15 @@ def cross_lora_update(
     r_u = u_t.T @ crop_pad(u_s, out_t, u_s.shape[1])
     r_v = v_t.T @ crop_pad(v_s, in_t, v_s.shape[1])
     return u_t @ (r_u @ (u_s.T @ B.float())), ((A.float() @ v_s) @ r_v.T) @ v_t.T
+
+
+def random_update(B: torch.Tensor, A: torch.Tensor, w_target: torch.Tensor, seed: int) -> Factors:
+    """The control: a random rank-r update in the target's shape with the source update's Frobenius norm.
+
+    Anything a method recovers beyond what this recovers is more than "some perturbation of that size"."""
+    generator = torch.Generator().manual_seed(seed)
+    out_t, in_t = w_target.shape
+    B_r = torch.randn(out_t, B.shape[1], generator=generator)
+    A_r = torch.randn(A.shape[0], in_t, generator=generator)
+    scale = (B.double() @ A.double()).norm() / (B_r.double() @ A_r.double()).norm()
+    return (B_r * scale.float()).to(w_target.device), A_r.to(w_target.device)
