@@ -167,7 +167,7 @@ def wide_target(tiny_model):
     return load(tiny_model("qwen2", vocab_size=300, hidden=96, kv_heads=2, seed=3))
 
 
-@pytest.mark.parametrize("method", ["copy", "lora-x", "cross-lora", "paw"])
+@pytest.mark.parametrize("method", ["copy", "lora-x", "cross-lora", "paw", "random"])
 def test_every_method_loads_on_a_wider_other_vocab_target(method, wide_target, source, adapter, tmp_path, texts):
     target = wide_target
     result = transfer_adapter(adapter, source_model=source, target_model=target, method=method,
@@ -331,3 +331,50 @@ def test_positions_pair_tokens_that_end_at_the_same_character(source, wide_targe
     for i, j in pairs:
         assert enc_s["offset_mapping"][i][1] == enc_t["offset_mapping"][j][1]
     assert pairs[-1] == (len(enc_s["input_ids"]) - 1, len(enc_t["input_ids"]) - 1)  # both have read the whole text
+
+
+def test_random_control_keeps_each_module_norm_and_is_seeded(source, wide_target, adapter, tmp_path):
+    runs = [transfer_adapter(adapter, source_model=source, target_model=wide_target, method="random",
+                             output_dir=tmp_path / f"out{i}") for i in range(2)]
+    moved, again = read_adapter(tmp_path / "out0"), read_adapter(tmp_path / "out1")
+    for row in runs[0].report["modules"]:
+        assert row["delta_norm_written"] == pytest.approx(row["delta_norm_source"], rel=1e-4)
+        assert torch.equal(moved.modules[row["target"]].delta(), again.modules[row["target"]].delta())
+    # unrelated to the source update: near-orthogonal in the (equal-shaped) same-model case
+    same = transfer_adapter(adapter, source_model=source, target_model=source, method="random", output_dir=tmp_path / "same")
+    before, after = read_adapter(adapter), read_adapter(tmp_path / "same")
+    name = same.report["transferred"][0]
+    cosine = torch.nn.functional.cosine_similarity(before.modules[name].delta().flatten(), after.modules[name].delta().flatten(), dim=0)
+    assert abs(float(cosine)) < 0.2
+
+
+def test_module_selection_and_layer_map_choice(source, wide_target, adapter, tmp_path, texts):
+    result = transfer_adapter(adapter, source_model=source, target_model=wide_target, method="paw", modules=["q_proj", "v_proj"],
+                              layer_map="depth", output_dir=tmp_path / "out", calibration_texts=texts)
+    assert {name.rsplit(".", 1)[-1] for name in result.report["transferred"]} == {"q_proj", "v_proj"}
+    assert result.report["layer_map_by"] == "depth" and result.report["layer_cka"] is None
+    assert any(row["reason"] == "not among the selected modules" for row in result.report["modules"])
+    with pytest.raises(PawError, match="none of modules lm_head is adapted"):
+        transfer_adapter(adapter, source_model=source, target_model=wide_target, modules=["lm_head"],
+                         output_dir=tmp_path / "bad", calibration_texts=texts)
+    with pytest.raises(PawError, match="unknown layer map 'middle'; valid: cka, depth"):
+        transfer_adapter(adapter, source_model=source, target_model=wide_target, layer_map="middle",
+                         output_dir=tmp_path / "bad", calibration_texts=texts)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_shift_distillation_moves_the_target_base_by_the_source_change_only(source, source_dir, wide_target, tmp_path):
+    # PEFT's own initialisation (B = 0) changes nothing: the "shift" target is then the target base itself (KL 0
+    # from the first step), while "teacher" asks the target to imitate the other model.
+    unchanged = get_peft_model(load(source_dir)[0], LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    unchanged.save_pretrained(tmp_path / "zero")
+    item = MCItem(id="0", task="toy", contexts=("Question: what is red?\nAnswer:",) * 2, continuations=(" apple", " sky"),
+                  choices=("apple", "sky"), gold=0)
+    kl = {}
+    for objective in ("shift", "teacher"):
+        result = transfer_adapter(tmp_path / "zero", source_model=source, target_model=wide_target, method="copy",
+                                  output_dir=tmp_path / objective, calibration_items=[item], distill_steps=2,
+                                  distill_objective=objective)
+        assert result.report["distill_objective"] == objective
+        kl[objective] = result.report["distill_kl"][0]
+    assert kl["shift"] < 1e-9 and kl["teacher"] > 1e-7, kl  # tiny random models: near-uniform options

@@ -19,6 +19,8 @@ from paw.transfer.adapter_io import factor_lowrank
 from paw.tasks.items import MCItem
 from paw.transfer.calibration import PairedBatch, added_updates, final_hidden, head_logprobs, kl_divergence, position_logprobs
 
+DISTILL_OBJECTIVES = ("shift", "teacher")
+
 
 def shared_vocabulary(source_tokenizer: Any, target_tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """(source ids, target ids) of tokens that decode to the same non-empty string in both tokenizers."""
@@ -86,28 +88,37 @@ def distill_updates(
     vocab: tuple[torch.Tensor, torch.Tensor] | None = None,
     items: list[MCItem] | None = None,
     tokenizers: tuple[Any, Any] | None = None,
+    objective: str = "shift",
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[float]]:
     """`steps` Adam steps on rank-`rank` target factors (starting from `target_updates`); returns them and the
     KL(teacher ‖ student) per step. Over answer options when `items` (and `tokenizers`) are given, else over
-    next tokens at the aligned positions of `batches` restricted to `vocab`."""
-    device = next(target.parameters()).device
-    if items:
-        pool = items
+    next tokens at the aligned positions of `batches` restricted to `vocab`.
 
-        def teacher_student(item: MCItem) -> tuple[torch.Tensor, torch.Tensor]:
-            with torch.no_grad(), added_updates(source, source_updates):
-                teacher = option_logprobs(source, tokenizers[0], item).to(device)
-            with added_updates(target, params):
-                return teacher, option_logprobs(target, tokenizers[1], item)
+    `objective` "teacher": the student imitates source+ΔW_s itself. "shift": the student's target is the target
+    base's distribution moved by the source LoRA's log-probability change, softmax(log p_t + log p_s+ΔW − log p_s):
+    what the LoRA changed, not what the (possibly weaker or stronger) source base believes."""
+    device = next(target.parameters()).device
+    if objective not in DISTILL_OBJECTIVES:
+        raise PawError(f"unknown distillation objective {objective!r}; valid: {', '.join(DISTILL_OBJECTIVES)}")
+    if items:
+        pool: list[Any] = items
+        score_s = lambda item: option_logprobs(source, tokenizers[0], item).to(device)  # noqa: E731
+        score_t = lambda item: option_logprobs(target, tokenizers[1], item)  # noqa: E731
     else:
         pool = [b for b in batches if b.num_positions > 0]
         ids_s, ids_t = vocab[0].to(next(source.parameters()).device), vocab[1].to(device)
+        score_s = lambda batch: position_logprobs(source, batch.source, ids_s).to(device)  # noqa: E731
+        score_t = lambda batch: position_logprobs(target, batch.target, ids_t)  # noqa: E731
 
-        def teacher_student(batch: PairedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-            with torch.no_grad(), added_updates(source, source_updates):
-                teacher = position_logprobs(source, batch.source, ids_s).to(device)
-            with added_updates(target, params):
-                return teacher, position_logprobs(target, batch.target, ids_t)
+    def teacher_student(example: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            with added_updates(source, source_updates):
+                teacher = score_s(example)
+            if objective == "shift":
+                # The source LoRA's change of log-probabilities, applied to the target base's own beliefs.
+                teacher = torch.log_softmax(score_t(example) + teacher - score_s(example), dim=-1)
+        with added_updates(target, params):
+            return teacher, score_t(example)
 
     params: dict[str, tuple[nn.Parameter, nn.Parameter]] = {}
     for name, (B, A) in target_updates.items():
