@@ -126,8 +126,9 @@ def test_every_setting_has_help():
     assert all(help_text for _, help_text, _ in rows)
 
 
-def test_config_knows_every_transfer_method():
-    from paw.config import TRANSFER_METHODS
+def test_config_knows_every_transfer_method_and_distillation_objective():
+    from paw.config import DISTILL_OBJECTIVES, TRANSFER_METHODS
     from paw.transfer import METHODS
+    from paw.transfer.distill import DISTILL_OBJECTIVES as OBJECTIVES
 
-    assert set(TRANSFER_METHODS) == set(METHODS)
+    assert set(TRANSFER_METHODS) == set(METHODS) and DISTILL_OBJECTIVES == OBJECTIVES

@@ -20,6 +20,7 @@ import yaml
 from paw.errors import PawError
 
 TRANSFER_METHODS = ("paw", "lora-x", "cross-lora", "copy", "random")
+DISTILL_OBJECTIVES = ("shift", "teacher")
 EXISTING_EXPERIMENT_ACTIONS = ("prompt", "continue", "delete", "abort")
 DATA_SOURCES = ("embedded", "hub", "local")
 MODEL_DTYPES = ("auto", "float32", "bfloat16")
@@ -126,6 +127,7 @@ class TransferConfig:
     rank: int | None = _f(None, "Rank of the transferred adapter (default: the source rank).")
     calibration_size: int = _f(128, "Unlabeled calibration prompts for activation-based methods.")
     distill_steps: int = _f(0, "Optional distillation steps after the closed-form paw transfer (0: off).")
+    distill_objective: str = _f("shift", "shift: the target base moved by the source LoRA's change; teacher: imitate source+LoRA.")
 
 
 @dataclass
@@ -260,6 +262,8 @@ def _validate(config: PawConfig, origin_name: str) -> None:
           f"transfer.similarity_threshold is a normalised similarity in [0, 1], got {config.transfer.similarity_threshold}")
     for method in config.transfer.methods or [config.transfer.method]:
         check(method in TRANSFER_METHODS, f"unknown transfer method {method!r}; valid: {', '.join(TRANSFER_METHODS)}")
+    check(config.transfer.distill_objective in DISTILL_OBJECTIVES,
+          f"transfer.distill_objective {config.transfer.distill_objective!r} is not one of {', '.join(DISTILL_OBJECTIVES)}")
     action = config.experiment_management.existing_experiment_action
     check(action in EXISTING_EXPERIMENT_ACTIONS,
           f"experiment_management.existing_experiment_action {action!r} is not one of {', '.join(EXISTING_EXPERIMENT_ACTIONS)}")

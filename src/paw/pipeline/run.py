@@ -258,7 +258,8 @@ def _transfer(config: PawConfig, source_adapter: Path, source: str, target: str,
         source_adapter, source_model=_base(config, source), target_model=_base(config, target), method=method,
         output_dir=out / "adapter",
         rank=tc.rank, similarity_threshold=tc.similarity_threshold, calibration_tasks=tasks,
-        calibration_size=tc.calibration_size, distill_steps=tc.distill_steps, models_dir=config.paths.models_dir,
+        calibration_size=tc.calibration_size, distill_steps=tc.distill_steps,
+        distill_objective=tc.distill_objective, models_dir=config.paths.models_dir,
         data_source=config.data.source, data_dir=config.paths.data_dir)
     return {"transfer": result.summary()}
 
