@@ -348,13 +348,14 @@ def transfer_adapter(
             f"{max((r['similarity'] for r in rows), default=0.0):.3f}); nothing to write; lower --similarity_threshold"
         )
     source_updates = {p.source: (p.B, p.A) for p in pairs}
+    vocab = shared_vocabulary(source.tokenizer, target.tokenizer) if texts else None
     if method == "paw" and fit_scale:
         scale_batches = [b.subsample(256) for b in batches[: max(1, 32 // batch_size)]]
-        scale, shift_s, shift_t = fit_update_scale(source.model, target.model, source_updates, updates, scale_batches)
+        scale, kl_unscaled, kl_fitted = fit_update_scale(source.model, target.model, source_updates, updates,
+                                                         scale_batches, vocab)
         updates = {name: (B * scale, A) for name, (B, A) in updates.items()}
-        scale_fit = {"scale": scale, "kl_source": shift_s, "kl_target": shift_t}
+        scale_fit = {"scale": scale, "kl_at_zero": kl_unscaled, "kl_at_scale": kl_fitted}
     distill_losses: list[float] = []
-    vocab = shared_vocabulary(source.tokenizer, target.tokenizer) if texts else None
     if distill_steps > 0:
         updates, distill_losses = distill_updates(
             source.model,

@@ -121,8 +121,12 @@ def distill_updates(
             return teacher, score_t(example)
 
     params: dict[str, tuple[nn.Parameter, nn.Parameter]] = {}
+    generator = torch.Generator().manual_seed(0)
     for name, (B, A) in target_updates.items():
         B_r, A_r = factor_lowrank(B, A, rank)
+        if not A_r.any():
+            # A zero update (e.g. scaled to 0) has zero gradients in both factors: start as LoRA does instead.
+            A_r = torch.randn(A_r.shape, generator=generator) / A_r.shape[1] ** 0.5
         params[name] = (nn.Parameter(B_r.to(device)), nn.Parameter(A_r.to(device)))
     optimizer = torch.optim.Adam([p for pair in params.values() for p in pair], lr=lr)
     # Linear decay to zero: the start is already close, so late steps must not overshoot it.

@@ -23,6 +23,7 @@ from paw.transfer.calibration import (
     added_updates,
     forward_until,
     kl_divergence,
+    model_device,
     position_logprobs,
 )
 from paw.transfer.layer_map import centred_gram, linear_cka, monotone_layer_map
@@ -295,39 +296,58 @@ def paw_statistics(
 
 
 @torch.no_grad()
+@torch.no_grad()
 def fit_update_scale(
     source: nn.Module,
     target: nn.Module,
     source_updates: dict[str, tuple[torch.Tensor, torch.Tensor]],
     target_updates: dict[str, tuple[torch.Tensor, torch.Tensor]],
     batches: list[PairedBatch],
-    iterations: int = 6,
-    tolerance: float = 0.02,
+    vocab: tuple[torch.Tensor, torch.Tensor],
+    max_scale: float = 4.0,
+    iterations: int = 12,
 ) -> tuple[float, float, float]:
-    """Scalar c so that KL(target+c·ΔW_t ‖ target) on calibration positions equals KL(source+ΔW_s ‖ source).
+    """Scalar c in [0, max_scale] minimising the mean KL(wanted ‖ target+c·ΔW_t) at the calibration positions,
+    over the shared vocabulary; wanted = the target base's next-token distribution moved by the source LoRA's
+    log-probability change, softmax(log p_t + log p_{s+ΔW_s} − log p_s).
 
-    Returns (c, source shift, target shift at c). Secant steps on log KL against log c (KL grows about as c²
-    for small updates, so the first step assumes slope 2); stops within `tolerance` in log KL.
+    c = 1 when ΔW_t reproduces the source's change; c → 0 when its effect is unrelated to that change, so a
+    transfer that cannot help does not hurt. Golden-section search (the KL is smooth in c), keeping c = 1 or 0
+    when no worse. Returns (c, KL at c = 0, KL at c).
     """
     batches = [b for b in batches if b.num_positions > 0]
+    ids_s, ids_t = vocab[0].to(model_device(source)), vocab[1].to(model_device(target))
+    wanted = []
+    for batch in batches:
+        base_s = position_logprobs(source, batch.source, ids_s)
+        with added_updates(source, source_updates):
+            tuned_s = position_logprobs(source, batch.source, ids_s)
+        base_t = position_logprobs(target, batch.target, ids_t)
+        wanted.append(torch.log_softmax(base_t + (tuned_s - base_s).to(base_t.device), dim=-1))
+    total = sum(b.num_positions for b in batches)
 
-    def shift(model: nn.Module, side: str, updates: dict, scale: float, bases: list[torch.Tensor]) -> float:
-        total = 0.0
-        for batch, base in zip(batches, bases):
-            with added_updates(model, updates, scale):
-                adapted = position_logprobs(model, getattr(batch, side))
-            total += float(kl_divergence(adapted, base)) * batch.num_positions
-        return total / sum(b.num_positions for b in batches)
+    def divergence(scale: float) -> float:
+        kl = 0.0
+        for batch, goal in zip(batches, wanted):
+            with added_updates(target, target_updates, scale):
+                kl += float(kl_divergence(goal, position_logprobs(target, batch.target, ids_t))) * batch.num_positions
+        return kl / total
 
-    base_s = [position_logprobs(source, b.source) for b in batches]
-    base_t = [position_logprobs(target, b.target) for b in batches]
-    wanted = shift(source, "source", source_updates, 1.0, base_s)
-    log_c, log_kl, slope = 0.0, math.log(max(shift(target, "target", target_updates, 1.0, base_t), 1e-30)), 2.0
+    ratio = (math.sqrt(5) - 1) / 2
+    low, high = 0.0, max_scale
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    f_a, f_b = divergence(a), divergence(b)
     for _ in range(iterations):
-        if wanted <= 0 or abs(math.log(wanted) - log_kl) < tolerance:
-            break
-        step = max(-3.0, min(3.0, (math.log(wanted) - log_kl) / slope))  # at most a factor e³ per step
-        new_kl = math.log(max(shift(target, "target", target_updates, math.exp(log_c + step), base_t), 1e-30))
-        slope = min(4.0, max(0.5, (new_kl - log_kl) / step))
-        log_c, log_kl = log_c + step, new_kl
-    return math.exp(log_c), wanted, math.exp(log_kl)
+        if f_a <= f_b:
+            high, b, f_b = b, a, f_a
+            a = high - ratio * (high - low)
+            f_a = divergence(a)
+        else:
+            low, a, f_a = a, b, f_b
+            b = low + ratio * (high - low)
+            f_b = divergence(b)
+    # The search's best point, or exactly 1 (the map as fitted) or 0 (no update) when those are no worse.
+    at_zero = divergence(0.0)
+    candidates = [(f_a, a), (f_b, b), (divergence(1.0), 1.0), (at_zero, 0.0)]
+    best, scale = min(candidates, key=lambda c: (c[0], c[1] != 1.0))
+    return scale, at_zero, best
