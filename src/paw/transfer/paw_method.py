@@ -61,9 +61,11 @@ class Moments:
         return cls(torch.zeros(a_dim, a_dim, dtype=torch.float64, device=device), torch.zeros(b_dim, a_dim, dtype=torch.float64, device=device))
 
     def add(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        self.aa += a.T @ a
-        self.ba += b.T @ a
-        self.bb_trace += float(b.pow(2).sum())
+        # One batch's products in fp32 (a few hundred positions: ~1e-6 relative error, and several times faster
+        # than fp64 on CPUs), summed across batches in fp64.
+        self.aa += (a.T @ a).double()
+        self.ba += (b.T @ a).double()
+        self.bb_trace += float(b.double().pow(2).sum())
         self.count += a.shape[0]
 
     def merged(self, other: Moments) -> Moments:
@@ -192,7 +194,7 @@ def _chunks_by_target_layer(
 
 
 def _select(tensor: object, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    return _first_tensor(tensor)[rows, cols].double()
+    return _first_tensor(tensor)[rows, cols].float()
 
 
 @torch.no_grad()
