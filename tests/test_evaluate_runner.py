@@ -33,7 +33,7 @@ def lora_dir(tmp_path_factory):
     return base, folder
 
 
-def test_evaluate_model_writes_results_and_reuses_them(tiny_model, tmp_path):
+def test_evaluate_model_writes_results_and_reuses_them(tiny_model, tmp_path, monkeypatch):
     folder = tiny_model("qwen2")
     out = tmp_path / "results"
     summary = evaluate_model(str(folder), ["arc-challenge", "winogrande"], limit=5, sample_ratio=0.5, output_dir=out)
@@ -58,6 +58,12 @@ def test_evaluate_model_writes_results_and_reuses_them(tiny_model, tmp_path):
     again = evaluate_model(str(folder), ["arc-challenge", "winogrande"], limit=5, sample_ratio=0.5, output_dir=out)
     assert all(result["reused"] for result in again["tasks"].values())
     assert _snapshot(out / summary["model"]) == before
+    # Written with a relative output_dir, reused from another working directory: the paths point at the files.
+    monkeypatch.chdir(tmp_path)
+    evaluate_model(str(folder), ["arc-challenge"], limit=4, output_dir="relative")
+    monkeypatch.chdir(tmp_path.parent)
+    moved = evaluate_model(str(folder), ["arc-challenge"], limit=4, output_dir=f"{tmp_path.name}/relative")
+    assert moved["tasks"]["arc-challenge"]["reused"] and len(load_records(moved["tasks"]["arc-challenge"]["records"])) == 4
     # A different subset is a different result, not a reuse; --force re-scores.
     assert not evaluate_model(str(folder), ["arc-challenge"], limit=4, sample_ratio=0.5, output_dir=out)["tasks"][
         "arc-challenge"

@@ -168,8 +168,10 @@ def evaluate_model(
         fingerprint = _fingerprint(target, task, task_split, settings, items)
         plan[task] = (folder, fingerprint, None if force else _finished(folder / RESULTS_FILE, fingerprint))
 
+    # A reused result's file paths are where it lies now (it may have been written from another directory).
     results: dict[str, dict[str, Any]] = {
-        task: reused | {"reused": True} for task, (_, _, reused) in plan.items() if reused is not None
+        task: reused | {"reused": True, "records": str(folder / RECORDS_FILE), "results": str(folder / RESULTS_FILE)}
+        for task, (folder, _, reused) in plan.items() if reused is not None
     }
     todo = [task for task in plan if task not in results]
     if todo:
