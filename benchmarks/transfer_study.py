@@ -146,31 +146,29 @@ def transfer(config: StudyConfig, source: str, target: str, task: str, source_ad
 # --- the study -----------------------------------------------------------------------------------------
 
 
-def run_models(config: StudyConfig, state: dict[str, Any]) -> None:
-    """Train and evaluate each model's LoRA per task, and each base."""
-    for task in config.tasks:  # task-major: each task's cells complete early
-        for model in config.models:
-            key = f"{model}/{task}"
-            _log(f"train + eval {key}")
-            trained = train(config, model, task)
-            state["models"][key] = {
-                "train": trained,
-                "base": evaluate(config, model, task, None, "base"),
-                "lora": evaluate(config, model, task, trained["adapter"], "lora"),
-            }
-            _save_state(config, state)
+def run_models(config: StudyConfig, state: dict[str, Any], task: str) -> None:
+    """Train and evaluate each model's LoRA on the task, and each base."""
+    for model in config.models:
+        key = f"{model}/{task}"
+        _log(f"train + eval {key}")
+        trained = train(config, model, task)
+        state["models"][key] = {
+            "train": trained,
+            "base": evaluate(config, model, task, None, "base"),
+            "lora": evaluate(config, model, task, trained["adapter"], "lora"),
+        }
+        _save_state(config, state)
 
 
-def run_transfers(config: StudyConfig, state: dict[str, Any]) -> None:
-    for source in config.models:
-        for target in [m for m in config.models if m != source]:
-            for task in config.tasks:
-                adapter = state["models"][f"{source}/{task}"]["train"]["adapter"]
-                for method in config.methods:
-                    _run_one(config, state, source, target, task, adapter, method)
-                if config.ablations and task in config.ablation_tasks and source == config.models[0]:
-                    for name, overrides in ABLATIONS.items():
-                        _run_one(config, state, source, target, task, adapter, "paw", overrides, f"paw[{name}]")
+def run_transfers(config: StudyConfig, state: dict[str, Any], task: str) -> None:
+    """Every method in both directions on the task (and paw's ablations in the first direction)."""
+    for source, target in ((config.models[0], config.models[1]), (config.models[1], config.models[0])):
+        adapter = state["models"][f"{source}/{task}"]["train"]["adapter"]
+        for method in config.methods:
+            _run_one(config, state, source, target, task, adapter, method)
+        if config.ablations and task in config.ablation_tasks and source == config.models[0]:
+            for name, overrides in ABLATIONS.items():
+                _run_one(config, state, source, target, task, adapter, "paw", overrides, f"paw[{name}]")
 
 
 def _run_one(config: StudyConfig, state: dict[str, Any], source: str, target: str, task: str, adapter: str,
@@ -469,10 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     config.study_dir.mkdir(parents=True, exist_ok=True)
     state = _load_state(config)
     try:
-        if stage in ("all", "models"):
-            run_models(config, state)
-        if stage in ("all", "transfers"):
-            run_transfers(config, state)
+        for task in config.tasks:  # task by task, so each finished task is a complete part of the study
+            if stage in ("all", "models"):
+                run_models(config, state, task)
+            if stage in ("all", "transfers"):
+                run_transfers(config, state, task)
         if stage in ("all", "report"):
             write_study_report(config, state)
     except PawError as error:
