@@ -324,7 +324,8 @@ def study_markdown(config: StudyConfig, directions: list[tuple[dict[str, Any], d
              f"paw+distill adds {config.distill_steps} distillation steps at lr {config.distill_lr:g}).", "",
              "R = (transferred − target base) / (target-trained − target base), acc on the same questions, 95% paired "
              f"bootstrap interval. Tasks where the target-trained LoRA gains < {MIN_GAIN_POINTS:.0f} points are not "
-             "counted (R would be noise). Cost ratio = transfer wall time / target LoRA training wall time.", ""]
+             "counted (R would be noise); their cells show the transferred gain in points instead. Cost ratio = "
+             "transfer wall time / target LoRA training wall time, summed over the tasks.", ""]
     for summary, analysis in directions:
         lines += [f"## {summary['source']} → {summary['target']}", ""]
         if summary["not_counted"]:
@@ -337,7 +338,8 @@ def study_markdown(config: StudyConfig, directions: list[tuple[dict[str, Any], d
             lines += ["| task | trained gain | source gain | " + " | ".join(methods) + " |",
                       "|---|---:|---:|" + "---:|" * len(methods)]
             for task, entry in analysis.items():
-                cells = [_recovery_cell(entry["methods"].get(method, {}).get("recovery")) for method in methods]
+                cells = [_recovery_cell(entry["methods"].get(method, {}).get("recovery"), entry["methods"].get(method, {}).get("gain"))
+                         for method in methods]
                 lines.append(f"| {task} | {entry['trained_gain']['value']:+.1f} | {entry['source_gain']['value']:+.1f} | "
                              + " | ".join(cells) + " |")
             lines.append("| **mean R (counted)** | | | " + " | ".join(
