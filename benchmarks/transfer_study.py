@@ -7,8 +7,9 @@
 For each model and task a LoRA is trained on the task's train split and evaluated with its base; for each
 direction (source -> target), task and method the source LoRA is moved to the target and evaluated there. The
 numbers (recovery R, retention, gains, McNemar) come from `paw.report.analyse` on the per-item records, exactly
-as in a pipeline experiment's summary. Everything lands under `--study_dir`, keyed by its inputs, so an
-interrupted study continues where it stopped; `--stage report` writes `docs/results/transfer_study.{json,csv,md}`
+as in a pipeline experiment's summary. Everything lands under `--study_dir`, keyed by its inputs (not by the
+code: after changing a method, delete its folders under `transfer/`), so an interrupted study continues where
+it stopped; `--stage report` writes `docs/results/transfer_study.{json,csv,md}`
 and `transfer_recovery.png`.
 
 Methods: the transfer methods of `paw.transfer` plus `paw+distill` (paw, then `--distill_steps` of distillation
