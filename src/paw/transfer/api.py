@@ -272,9 +272,9 @@ def transfer_adapter(
     `similarity_threshold` in [0, 1] skips modules whose normalised similarity is lower (see docs/transfer.md);
     `basis_rank` is the SVD basis size of lora-x / cross-lora (None: all singular directions); `ridge` is the
     relative regulariser of paw's linear maps; `distill_steps` > 0 refines the result against the source+LoRA
-    teacher on the calibration texts (`distill_objective`: "shift" or "teacher", see `distill_updates`). `layer_map` is "cka" or "depth" (default: cka for paw between bases of
-    different depths, else depth); `modules` limits the transfer to source modules with these last name parts
-    (e.g. ["q_proj", "v_proj"]).
+    teacher on the calibration texts (`distill_objective`: "shift" or "teacher", see `distill_updates`).
+    `layer_map` is "cka" or "depth" (default: cka for paw between bases of different depths, else depth);
+    `modules` limits the transfer to source modules with these last name parts (e.g. ["q_proj", "v_proj"]).
     """
     started = time.monotonic()
     if method not in METHODS:

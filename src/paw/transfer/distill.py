@@ -100,15 +100,20 @@ def distill_updates(
     device = next(target.parameters()).device
     if objective not in DISTILL_OBJECTIVES:
         raise PawError(f"unknown distillation objective {objective!r}; valid: {', '.join(DISTILL_OBJECTIVES)}")
-    if items:
-        pool: list[Any] = items
-        score_s = lambda item: option_logprobs(source, tokenizers[0], item).to(device)  # noqa: E731
-        score_t = lambda item: option_logprobs(target, tokenizers[1], item)  # noqa: E731
-    else:
-        pool = [b for b in batches if b.num_positions > 0]
+    # An example is an item (scored over its answer options) or a paired batch (next tokens, shared vocabulary).
+    pool: list[Any] = list(items) if items else [b for b in batches if b.num_positions > 0]
+    if not items:
         ids_s, ids_t = vocab[0].to(next(source.parameters()).device), vocab[1].to(device)
-        score_s = lambda batch: position_logprobs(source, batch.source, ids_s).to(device)  # noqa: E731
-        score_t = lambda batch: position_logprobs(target, batch.target, ids_t)  # noqa: E731
+
+    def score_s(example: Any) -> torch.Tensor:
+        if items:
+            return option_logprobs(source, tokenizers[0], example).to(device)
+        return position_logprobs(source, example.source, ids_s).to(device)
+
+    def score_t(example: Any) -> torch.Tensor:
+        if items:
+            return option_logprobs(target, tokenizers[1], example)
+        return position_logprobs(target, example.target, ids_t)
 
     def teacher_student(example: Any) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():

@@ -298,7 +298,6 @@ def paw_statistics(
 
 
 @torch.no_grad()
-@torch.no_grad()
 def fit_update_scale(
     source: nn.Module,
     target: nn.Module,
