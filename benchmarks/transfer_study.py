@@ -6,11 +6,10 @@
 
 For each model and task a LoRA is trained on the task's train split and evaluated with its base; for each
 direction (source -> target), task and method the source LoRA is moved to the target and evaluated there. The
-numbers (recovery R, retention, gains, McNemar) come from `paw.report.analyse` on the per-item records, exactly
-as in a pipeline experiment's summary. Everything lands under `--study_dir`, keyed by its inputs (not by the
-code: after changing a method, delete its folders under `transfer/`), so an interrupted study continues where
-it stopped; `--stage report` writes `docs/results/transfer_study.{json,csv,md}`
-and `transfer_recovery.png`.
+numbers (recovery R, retention, gains, McNemar) come from `paw.report`'s analysis of the per-item records, exactly
+as in a pipeline experiment's summary. Everything lands under `--study_dir`, keyed by its inputs (transfers also
+by the source of `paw.transfer`, so a changed method is re-run), so an interrupted study continues where it
+stopped; `--stage report` writes `docs/results/transfer_study.{json,csv,md}` and `transfer_recovery.png`.
 
 Methods: the transfer methods of `paw.transfer` plus `paw+distill` (paw, then `--distill_steps` of distillation
 against the source+LoRA teacher). Ablations of paw (`--ablations`, on `--ablation_tasks` in the first direction):
@@ -74,6 +73,14 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def _transfer_code_key() -> str:
+    """A digest of `paw.transfer`'s source: a cached transfer made by other code is not reused."""
+    import paw.transfer
+
+    folder = Path(paw.transfer.__file__).parent
+    return _key(*(path.read_text() for path in sorted(folder.glob("*.py"))))
+
+
 def _log(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} study: {message}", flush=True)
 
@@ -131,7 +138,7 @@ def transfer(config: StudyConfig, source: str, target: str, task: str, source_ad
                                "distill_steps": config.distill_steps if method == "paw+distill" else 0,
                                "distill_lr": config.distill_lr} | (overrides or {})
     spec = {"source_adapter": source_adapter, "source": source, "target": target, "task": task,
-            "dtype": config.dtype, **options}
+            "dtype": config.dtype, "code": _transfer_code_key(), **options}
     out = config.study_dir / "transfer" / f"{source}__{target}" / task / f"{label or method}-{_key(spec)}"
     report_path = out / "transfer_report.json"
     if not report_path.exists():
@@ -463,10 +470,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[StudyConfig, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
     config, stage = parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     config.study_dir.mkdir(parents=True, exist_ok=True)
     state = _load_state(config)
     try:
