@@ -126,6 +126,13 @@ def test_training_example_is_scored_like_the_evaluator(tiny_model) -> None:
     assert example["input_ids"][0] == tokenizer.bos_token_id  # gemma: BOS first, as lm-eval scores it
     short = training_example(tokenizer, item, max_length=6)
     assert len(short["input_ids"]) == 7 and short["input_ids"][-len(answer):] == answer  # left-truncated prompt
+    long_answer = MCItem(id="y", task="t", contexts=("Question: Why?\nAnswer:",) * 2,
+                         continuations=(" because" * 40, " no"), choices=("because", "no"), gold=0)
+    with pytest.raises(PawError, match=r"continuation has \d+ tokens, more than the model.s maximum length 16"):
+        encode_requests(tokenizer, [long_answer], 16)  # the evaluator cannot score it whole
+    cut = training_example(tokenizer, long_answer, max_length=16)
+    kept = [t for t, label in zip(cut["input_ids"], cut["labels"]) if label != IGNORE_INDEX]
+    assert len(cut["input_ids"]) == 17 and kept == encode_requests(tokenizer, [long_answer], 512)[0][0].targets[:16]
 
 
 def test_planned_batches_resume_and_shard_the_same_order() -> None:

@@ -172,8 +172,12 @@ def _encode_pair(encode: _Encoder, context: str, continuation: str) -> tuple[lis
     return context_enc, whole[len(context_enc) :]
 
 
-def encode_requests(tokenizer: Any, items: Sequence[MCItem], max_length: int) -> list[list[ChoiceRequest]]:
-    """Per item, per choice: the model inputs and scored targets lm-eval's `_loglikelihood_tokens` would use."""
+def encode_requests(tokenizer: Any, items: Sequence[MCItem], max_length: int, *, truncate_answers: bool = False,
+                    warn: bool = True) -> list[list[ChoiceRequest]]:
+    """Per item, per choice: the model inputs and scored targets lm-eval's `_loglikelihood_tokens` would use.
+
+    A continuation longer than max_length is an error when evaluating (it cannot be scored whole); training and
+    its validation monitor pass `truncate_answers` and keep the continuation's first max_length tokens."""
     encode = _Encoder(tokenizer)
     wanted: set[tuple[str, bool | None]] = set()
     for item in items:
@@ -191,7 +195,9 @@ def encode_requests(tokenizer: Any, items: Sequence[MCItem], max_length: int) ->
                     f"item {item.id!r} of {item.task}: a choice's continuation {continuation!r} adds no tokens "
                     "after its context; check the task's prompt format"
                 )
-            if len(continuation_enc) > max_length:
+            if len(continuation_enc) > max_length and truncate_answers:
+                continuation_enc = continuation_enc[:max_length]
+            elif len(continuation_enc) > max_length:
                 raise PawError(
                     f"item {item.id!r} of {item.task}: continuation has {len(continuation_enc)} tokens, more than "
                     f"the model's maximum length {max_length}"
@@ -200,7 +206,7 @@ def encode_requests(tokenizer: Any, items: Sequence[MCItem], max_length: int) ->
             truncated += len(whole) > max_length + 1
             per_choice.append(ChoiceRequest(whole[-(max_length + 1) :][:-1], continuation_enc))
         requests.append(per_choice)
-    if truncated:
+    if truncated and warn:
         log.warning("%d requests exceed the maximum length %d and were truncated from the left", truncated, max_length)
     return requests
 
@@ -236,8 +242,10 @@ def pack_item(index: int, choices: Sequence[ChoiceRequest]) -> PackedItem:
     return PackedItem(index, tokens, positions, branches, scored_rows, [list(c.targets) for c in choices])
 
 
-def pack_items(tokenizer: Any, items: Sequence[MCItem], max_length: int) -> list[PackedItem]:
-    return [pack_item(i, choices) for i, choices in enumerate(encode_requests(tokenizer, items, max_length))]
+def pack_items(tokenizer: Any, items: Sequence[MCItem], max_length: int, *,
+               truncate_answers: bool = False) -> list[PackedItem]:
+    requests = encode_requests(tokenizer, items, max_length, truncate_answers=truncate_answers)
+    return [pack_item(i, choices) for i, choices in enumerate(requests)]
 
 
 def _attention_masks(model: Any, branches: torch.Tensor, positions: torch.Tensor) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -16,11 +17,14 @@ from paw.tasks.items import MCItem, training_pairs
 
 IGNORE_INDEX = -100  # label of tokens that carry no loss: prompt and padding
 
+log = logging.getLogger(__name__)
+
 
 def training_example(tokenizer: Any, item: MCItem, max_length: int) -> dict[str, list[int]]:
     """The gold choice tokenized exactly as the evaluator scores it (lm-eval's pair split and left truncation):
-    input_ids are context + answer, labels are -100 except on the answer tokens the evaluator scores."""
-    request = encode_requests(tokenizer, [item], max_length)[0][item.gold]
+    input_ids are context + answer, labels are -100 except on the answer tokens the evaluator scores. Longer than
+    max_length + 1 tokens, the prompt loses its start, and an answer longer than max_length keeps its first tokens."""
+    request = encode_requests(tokenizer, [item], max_length, truncate_answers=True, warn=False)[0][item.gold]
     input_ids = request.inputs + request.targets[-1:]
     labels = [IGNORE_INDEX] * (len(input_ids) - len(request.targets)) + request.targets
     return {"input_ids": input_ids, "labels": labels}
@@ -33,12 +37,19 @@ class GoldDataset(Dataset):
         self.items = items
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self._warned = False
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, list[int]]:
-        return training_example(self.tokenizer, self.items[index], self.max_length)
+        example = training_example(self.tokenizer, self.items[index], self.max_length)
+        if len(example["input_ids"]) > self.max_length and not self._warned:  # once, not per example
+            self._warned = True
+            log.warning("training examples reach max_length %d tokens (first: %r of %s) and longer ones are "
+                        "truncated; raise --max_length to train on them whole", self.max_length, self.items[index].id,
+                        self.items[index].task)
+        return example
 
 
 def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:

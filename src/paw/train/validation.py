@@ -20,7 +20,8 @@ class Validation(L.Callback):
     def __init__(self, items: list[MCItem], tokenizer: Any, every_n_steps: int, *, max_length: int, batch_size: int,
                  save_best: Callable[[L.Trainer, L.LightningModule, dict[str, Any]], None]) -> None:
         self.items = items
-        self.rows = pack_items(tokenizer, items, max_length)  # tokenized once, scored many times
+        # tokenized once, scored many times; an over-long answer is scored on its first max_length tokens
+        self.rows = pack_items(tokenizer, items, max_length, truncate_answers=True)
         self.every_n_steps = every_n_steps
         self.batch_size = batch_size
         self.save_best = save_best
