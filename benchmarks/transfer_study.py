@@ -271,7 +271,14 @@ def summarize_direction(config: StudyConfig, state: dict[str, Any], source: str,
             if paw_rec and others and all(paw_rec["low"] > other["high"] for other in others):
                 above.append(task)
         per_method["paw"]["tasks_above_every_baseline"] = above
+    # A transfer that moved the source's skill unchanged (retention 1) would gain what the source LoRA gained:
+    # R = source gain / trained gain, the reference a faithful transfer reaches, not a bound on a better one.
+    full_retention = {task: analysis[task]["source_gain"]["value"] / analysis[task]["trained_gain"]["value"]
+                      for task in counted if analysis[task]["source_gain"]}
     return {"source": source, "target": target, "counted_tasks": counted,
+            "recovery_at_full_retention": {
+                "per_task": full_retention,
+                "mean": sum(full_retention.values()) / len(full_retention) if full_retention else None},
             "not_counted": {task: entry["trained_gain"]["value"] if entry["trained_gain"] else None
                             for task, entry in analysis.items() if task not in counted},
             "methods": per_method}
@@ -332,8 +339,9 @@ def study_markdown(config: StudyConfig, directions: list[tuple[dict[str, Any], d
              f"paw+distill adds {config.distill_steps} distillation steps at lr {config.distill_lr:g}).", "",
              "R = (transferred − target base) / (target-trained − target base), acc on the same questions, 95% paired "
              f"bootstrap interval. Tasks where the target-trained LoRA gains < {MIN_GAIN_POINTS:.0f} points are not "
-             "counted (R would be noise); their cells show the transferred gain in points instead. Cost ratio = "
-             "transfer wall time / target LoRA training wall time, summed over the tasks.", ""]
+             "counted (R would be noise); their cells show the transferred gain in points instead. R at retention 1 = "
+             "source gain / trained gain: the R of a transfer that moves the source LoRA's gain unchanged. Cost "
+             "ratio = transfer wall time / target LoRA training wall time, summed over the tasks.", ""]
     for summary, analysis in directions:
         lines += [f"## {summary['source']} → {summary['target']}", ""]
         if summary["not_counted"]:
@@ -343,17 +351,21 @@ def study_markdown(config: StudyConfig, directions: list[tuple[dict[str, Any], d
         methods = [m for m in summary["methods"] if not _is_ablation(m)]
         ablations = [m for m in summary["methods"] if _is_ablation(m)]
         if methods:
-            lines += ["| task | trained gain | source gain | " + " | ".join(methods) + " |",
-                      "|---|---:|---:|" + "---:|" * len(methods)]
+            full_retention = summary["recovery_at_full_retention"]
+            lines += ["| task | trained gain | source gain | R at retention 1 | " + " | ".join(methods) + " |",
+                      "|---|---:|---:|---:|" + "---:|" * len(methods)]
             for task, entry in analysis.items():
                 cells = [_recovery_cell(entry["methods"].get(method, {}).get("recovery"), entry["methods"].get(method, {}).get("gain"))
                          for method in methods]
+                reference = full_retention["per_task"].get(task)
                 lines.append(f"| {task} | {entry['trained_gain']['value']:+.1f} | {entry['source_gain']['value']:+.1f} | "
-                             + " | ".join(cells) + " |")
-            lines.append("| **mean R (counted)** | | | " + " | ".join(
+                             f"{'—' if reference is None else f'{reference:.2f}'} | " + " | ".join(cells) + " |")
+            mean_reference = full_retention["mean"]
+            lines.append(f"| **mean R (counted)** | | | {'—' if mean_reference is None else f'{mean_reference:.2f}'} | "
+                         + " | ".join(
                 "—" if summary["methods"][m]["mean_recovery"] is None else f"**{summary['methods'][m]['mean_recovery']:.2f}**"
                 for m in methods) + " |")
-            lines.append("| cost ratio | | | " + " | ".join(
+            lines.append("| cost ratio | | | | " + " | ".join(
                 "—" if summary["methods"][m]["cost_ratio"] is None else f"{summary['methods'][m]['cost_ratio']:.2f}"
                 for m in methods) + " |")
         above = summary["methods"].get("paw", {}).get("tasks_above_every_baseline")

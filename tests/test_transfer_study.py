@@ -56,6 +56,8 @@ def test_study_report_recovery_counting_and_files(tmp_path):
     result = json.loads((tmp_path / "results" / "transfer_study.json").read_text())
     (summary, analysis), = [(d["summary"], d["analysis"]) for d in result["directions"] if d["summary"]["source"] == "big"]
     assert summary["counted_tasks"] == ["arc-easy"] and summary["not_counted"] == {"piqa": pytest.approx(1.0)}
+    assert summary["recovery_at_full_retention"] == {"per_task": {"arc-easy": pytest.approx(0.5)},
+                                                     "mean": pytest.approx(0.5)}  # source +10 points, trained +20
     assert summary["methods"]["paw"]["mean_recovery"] == pytest.approx(0.5)
     assert summary["methods"]["random"]["mean_recovery"] == pytest.approx(0.0)
     assert summary["methods"]["paw+distill"]["mean_recovery"] == pytest.approx(0.9)
@@ -68,7 +70,7 @@ def test_study_report_recovery_counting_and_files(tmp_path):
 
     markdown = (tmp_path / "results" / "transfer_study.md").read_text()
     assert "Not counted (target-trained gain in points): piqa (+1.0)" in markdown and "**0.50**" in markdown
-    assert "| paw[depth-map] | 0.25 [" in markdown and "| paw | paw+distill |" not in markdown
+    assert "| arc-easy | +20.0 | +10.0 | 0.50 | " in markdown and "| paw[depth-map] | 0.25 [" in markdown and "| paw | paw+distill |" not in markdown
     assert "big->small,arc-easy,paw,True,0.5," in (tmp_path / "results" / "transfer_study.csv").read_text()
     assert (tmp_path / "results" / "transfer_recovery.png").stat().st_size > 10_000
     assert (tmp_path / "results" / "big__small.md").exists()
