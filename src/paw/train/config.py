@@ -55,7 +55,8 @@ class TrainConfig:
     target_modules: list[str] | None = _f(None, "Module names LoRA adapts, e.g. q_proj v_proj (overrides the preset).")
     seed: int = _f(42, "Seed for LoRA initialisation, dropout and data order.")
     precision: str = _f("auto", "auto (bf16-mixed on GPUs that support it, else 32), 32, bf16-mixed, bf16-true.")
-    max_length: int = _f(512, "Longest training sequence in tokens (longer prompts are left-truncated).")
+    max_length: int = _f(512, "Longest training sequence in tokens (longer prompts lose their start; an answer "
+                              "longer than this keeps its first max_length tokens).")
     devices: int = _f(1, "Devices per node.")
     num_nodes: int = _f(1, "Nodes (Lightning's multi-node launcher).")
     strategy: str = _f("auto", f"Lightning strategy: {', '.join(STRATEGIES)}.")
