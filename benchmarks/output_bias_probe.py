@@ -25,36 +25,16 @@ from paw.tasks import load_items
 from paw.tasks.items import MCItem
 from paw.tasks.sampling import sample_items
 from paw.transfer.api import task_items
-from paw.transfer.calibration import final_hidden, head_logprobs
-from paw.transfer.distill import shared_vocabulary
-
-
-def answer_logprobs(model: torch.nn.Module, tokenizer: Any, item: MCItem) -> torch.Tensor:
-    """Full-vocabulary next-token log-probabilities at every position that predicts an answer character."""
-    encodings = [tokenizer(c + o, return_offsets_mapping=True) for c, o in zip(item.contexts, item.continuations)]
-    length = max(len(e["input_ids"]) for e in encodings)
-    ids = torch.full((len(encodings), length), tokenizer.pad_token_id or 0)
-    mask = torch.zeros_like(ids)
-    rows, cols = [], []
-    for row, (encoding, context) in enumerate(zip(encodings, item.contexts)):
-        n = len(encoding["input_ids"])
-        ids[row, :n], mask[row, :n] = torch.tensor(encoding["input_ids"]), 1
-        for position in range(1, n):
-            start, end = encoding["offset_mapping"][position]
-            if end > max(start, len(context)):
-                rows.append(row)
-                cols.append(position - 1)
-    hidden = final_hidden(model, {"input_ids": ids, "attention_mask": mask})
-    return head_logprobs(model, hidden[torch.tensor(rows), torch.tensor(cols)])
+from paw.transfer.distill import answer_token_logprobs, shared_vocabulary
 
 
 @torch.no_grad()
 def lora_output_bias(model: PeftModel, tokenizer: Any, items: list[MCItem]) -> torch.Tensor:
     total, count = torch.zeros(()), 0
     for item in items:
-        tuned = answer_logprobs(model, tokenizer, item)
+        tuned = answer_token_logprobs(model, tokenizer, item)[0]
         with model.disable_adapter():
-            base = answer_logprobs(model, tokenizer, item)
+            base = answer_token_logprobs(model, tokenizer, item)[0]
         total = total + (tuned - base).sum(0)
         count += tuned.shape[0]
     return total / count

@@ -44,8 +44,10 @@ def shared_vocabulary(source_tokenizer: Any, target_tokenizer: Any) -> tuple[tor
     return torch.tensor([texts_s[t] for t in shared]), torch.tensor([texts_t[t] for t in shared])
 
 
-def option_logprobs(model: nn.Module, tokenizer: Any, item: MCItem, max_tokens: int = 512) -> torch.Tensor:
-    """log-softmax over an item's options of each option's summed continuation log-likelihood.
+def answer_token_logprobs(model: nn.Module, tokenizer: Any, item: MCItem,
+                          max_tokens: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Next-token log-probabilities (fp32, full vocabulary) at every position that predicts a continuation token,
+    with each position's option index and the token it predicts.
 
     Continuation tokens are those ending after the context's last character (found by offsets), so each
     tokenizer scores the same characters."""
@@ -69,9 +71,15 @@ def option_logprobs(model: nn.Module, tokenizer: Any, item: MCItem, max_tokens: 
                 targets.append(encoding["input_ids"][position])
     hidden = final_hidden(model, {"input_ids": ids.to(device), "attention_mask": mask.to(device)})
     rows_t = torch.tensor(rows, device=device)
-    token_logprobs = head_logprobs(model, hidden[rows_t, torch.tensor(cols, device=device)])
-    picked = token_logprobs.gather(1, torch.tensor(targets, device=device)[:, None]).squeeze(1)
-    scores = torch.zeros(len(encodings), device=device).index_add(0, rows_t, picked)
+    logprobs = head_logprobs(model, hidden[rows_t, torch.tensor(cols, device=device)])
+    return logprobs, rows_t, torch.tensor(targets, device=device)
+
+
+def option_logprobs(model: nn.Module, tokenizer: Any, item: MCItem, max_tokens: int = 512) -> torch.Tensor:
+    """log-softmax over an item's options of each option's summed continuation log-likelihood."""
+    logprobs, options, targets = answer_token_logprobs(model, tokenizer, item, max_tokens)
+    picked = logprobs.gather(1, targets[:, None]).squeeze(1)
+    scores = torch.zeros(len(item.contexts), device=logprobs.device).index_add(0, options, picked)
     return torch.log_softmax(scores, dim=0)
 
 
