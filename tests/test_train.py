@@ -20,7 +20,7 @@ from paw.train import PRESETS, TrainConfig, train_lora
 from paw.train.checkpoint import join_tensors, split_tensors
 from paw.train.command import config_from_args
 from paw.train.config import lora_settings, resolve_target_modules
-from paw.train.data import IGNORE_INDEX, PlannedBatches, training_example
+from paw.train.data import IGNORE_INDEX, GoldDataset, PlannedBatches, training_example
 
 QUESTIONS = [
     "Which gas do plants take in from the air?",
@@ -133,6 +133,19 @@ def test_training_example_is_scored_like_the_evaluator(tiny_model) -> None:
     cut = training_example(tokenizer, long_answer, max_length=16)
     kept = [t for t, label in zip(cut["input_ids"], cut["labels"]) if label != IGNORE_INDEX]
     assert len(cut["input_ids"]) == 17 and kept == encode_requests(tokenizer, [long_answer], 512)[0][0].targets[:16]
+
+
+def test_training_data_warns_once_about_truncated_examples(tiny_model, caplog) -> None:
+    tokenizer = load_base(str(tiny_model("gemma2"))).tokenizer
+    long_answer = MCItem(id="y", task="t", contexts=("Question: Why?\nAnswer:",) * 2,
+                         continuations=(" because" * 40, " no"), choices=("because", "no"), gold=0)
+    dataset = GoldDataset([long_answer] * 3, tokenizer, max_length=16)
+    with caplog.at_level(logging.WARNING, logger="paw"):
+        examples = [dataset[i] for i in range(3)]
+    assert all(len(example["input_ids"]) == 17 for example in examples)
+    assert [r.getMessage() for r in caplog.records] == [
+        "training examples reach max_length 16 tokens (first: 'y' of t) and longer ones are truncated; "
+        "raise --max_length to train on them whole"]
 
 
 def test_planned_batches_resume_and_shard_the_same_order() -> None:

@@ -70,7 +70,8 @@ def test_study_report_recovery_counting_and_files(tmp_path):
 
     markdown = (tmp_path / "results" / "transfer_study.md").read_text()
     assert "Not counted (target-trained gain in points): piqa (+1.0)" in markdown and "**0.50**" in markdown
-    assert "| arc-easy | +20.0 | +10.0 | 0.50 | " in markdown and "| paw[depth-map] | 0.25 [" in markdown and "| paw | paw+distill |" not in markdown
+    assert "| arc-easy | +20.0 | +10.0 | 0.50 | " in markdown  # R at retention 1 beside the gains
+    assert "| paw[depth-map] | 0.25 [" in markdown and "| paw | paw+distill |" not in markdown
     assert "big->small,arc-easy,paw,True,0.5," in (tmp_path / "results" / "transfer_study.csv").read_text()
     assert (tmp_path / "results" / "transfer_recovery.png").stat().st_size > 10_000
     assert (tmp_path / "results" / "big__small.md").exists()
